@@ -1,0 +1,36 @@
+# The two commands: `make repro` (the main job: dvc repro on params.yaml) and `make test` (the suite).
+# Both set everything up on a fresh clone: .venv, the package, the dataset, the browser for tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PYTHONUNBUFFERED := 1
+# Stages call `python` and `dvc`: make them the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup repro test ui lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@bash scripts/system-deps.sh data
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	@bash scripts/system-deps.sh data browser
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check lossviz pipelines tests benchmarks
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

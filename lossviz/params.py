@@ -1,0 +1,144 @@
+"""The schema of params.yaml: one pydantic model per section, every key validated (`extra="forbid"`).
+
+`load_params(path)` returns a typed `Params` or raises `ParamsError` whose lines each name the key path,
+the bad value and what is allowed. Pipelines validate before touching any output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lossviz.data import DATASETS
+from lossviz.models import MODELS
+from lossviz.runtime import check_device_name
+
+DatasetName = Literal["fashion_mnist", "cifar10"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(Section):
+    datasets: list[DatasetName] = Field(default=["fashion_mnist"], min_length=1)
+    fashion_mnist_dir: str | None = None
+    cifar10_dir: str | None = None
+    download: bool = True
+    verify_checksums: bool = True
+    val_size: int = Field(default=5000, ge=0)
+    normalize: bool = False
+
+
+def _check_model_name(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"unknown model; allowed: {', '.join(sorted(MODELS))}")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
+
+
+class TrainParams(Section):
+    dataset: DatasetName = "fashion_mnist"
+    model: ModelName = "fashion_cnn"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    lr_plateau: bool = True
+    early_stopping: bool = False
+    max_train_examples: int | None = Field(default=None, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device_name(value)
+
+    @model_validator(mode="after")
+    def _datasets_prepared(self) -> Params:
+        for section_name in type(self).model_fields:
+            section = getattr(self, section_name)
+            dataset = getattr(section, "dataset", None)
+            if dataset is not None and dataset not in self.data.datasets:
+                raise ValueError(f"{section_name}.dataset={dataset!r} is not in data.datasets "
+                                 f"{self.data.datasets}: add it there so `prepare` makes it")
+        return self
+
+
+class ParamsError(ValueError):
+    """Invalid params: `errors` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.errors = errors
+        super().__init__(f"{source}: invalid params\n" + "\n".join(f"  {line}" for line in errors))
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def format_errors(error: ValidationError, model: type[BaseModel] = Params) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if not key:  # a check across sections: its message names the keys
+            lines.append(message)
+        elif item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, item["loc"])
+            lines.append(f"{key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"{key}: got {item.get('input')!r}; {message}")
+    return lines
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(source, [f"(top level): got {type(raw).__name__}; expected a mapping of sections"])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(source, format_errors(error)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(str(path), ["file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(str(path), [f"not valid YAML: {error}"]) from None
+    return parse_params(raw, str(path))
+
+
+assert set(DatasetName.__args__) == set(DATASETS)  # one list of datasets, checked at import

@@ -1,0 +1,77 @@
+"""MLflow tracking for the stages: a SQLite store and artifacts under `<repo>/mlruns/`, anchored on the
+repository root, overridable with MLFLOW_TRACKING_URI (a team server). The store is created once, under a
+file lock, so parallel stages never race on its migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipelines.common import git_commit, repo_root  # noqa: E402
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root or repo_root()) / 'mlruns' / 'mlflow.db'}"
+
+
+def artifact_location(experiment: str, root: Path | None = None) -> str | None:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None  # a server decides where artifacts go
+    return ((root or repo_root()) / "mlruns" / "artifacts" / experiment).as_uri()
+
+
+def ensure_store(root: Path | None = None) -> str:
+    """Point MLflow at the store, creating it once (the lock serializes first-time migrations)."""
+    root = root or repo_root()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        store_dir = root / "mlruns"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        with open(store_dir / ".store.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(uri).search_experiments(max_results=1)
+    return uri
+
+
+def get_experiment_id(name: str, root: Path | None = None) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(name, root))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def run_tags(stage: str, root: Path) -> dict[str, str]:
+    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage)}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, run_name: str, stage: str, root: Path | None = None,
+              **start_kwargs) -> Iterator[mlflow.ActiveRun]:
+    """Open a run for a stage in `experiment`, tagged with the git commit, the DVC stage and experiment."""
+    root = root or repo_root()
+    ensure_store(root)
+    experiment_id = get_experiment_id(experiment, root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                          tags=run_tags(stage, root), **start_kwargs) as run:
+        yield run
