@@ -17,24 +17,33 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines.common import git_commit, repo_root  # noqa: E402
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: remember what we set, so that our own
+# value is never mistaken for a user's override.
+_uri_set_here: str | None = None
+
+
+def user_tracking_uri() -> str | None:
+    value = os.environ.get("MLFLOW_TRACKING_URI")
+    return value if value and value != _uri_set_here else None
+
 
 def tracking_uri(root: Path | None = None) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(root or repo_root()) / 'mlruns' / 'mlflow.db'}"
+    return user_tracking_uri() or f"sqlite:///{(root or repo_root()) / 'mlruns' / 'mlflow.db'}"
 
 
 def artifact_location(experiment: str, root: Path | None = None) -> str | None:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None  # a server decides where artifacts go
+    if user_tracking_uri():
+        return None  # the user's store or server decides where artifacts go
     return ((root or repo_root()) / "mlruns" / "artifacts" / experiment).as_uri()
 
 
 def ensure_store(root: Path | None = None) -> str:
     """Point MLflow at the store, creating it once (the lock serializes first-time migrations)."""
+    global _uri_set_here
     root = root or repo_root()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
+    _uri_set_here = uri
     if uri.startswith("sqlite:///"):
         store_dir = root / "mlruns"
         store_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,46 @@
+"""The MLflow store: anchored on the repository root (DVC_ROOT), SQLite under mlruns/, tagged runs."""
+
+import sqlite3
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import tracking
+
+
+@pytest.fixture
+def fresh_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_STAGE", "demo_stage")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-demo")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path.parent)  # the cwd must not matter
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def test_stage_run_lands_in_the_repo_sqlite_store(fresh_root):
+    with tracking.stage_run("demo", "run-1", stage="fallback") as run:
+        mlflow.log_metrics({"acc": 0.5}, step=1)
+        mlflow.log_text("hello", "note.txt")
+    db = fresh_root / "mlruns" / "mlflow.db"
+    assert db.is_file()
+    names = {row[0] for row in sqlite3.connect(db).execute("select name from runs")}
+    assert names == {"run-1"}
+    client = MlflowClient(f"sqlite:///{db}")
+    stored = client.get_run(run.info.run_id)
+    assert stored.data.tags["dvc.stage"] == "demo_stage"
+    assert stored.data.tags["dvc.exp"] == "exp-demo"
+    assert stored.data.metrics["acc"] == 0.5
+    experiment = client.get_experiment_by_name("demo")
+    assert experiment.artifact_location == (fresh_root / "mlruns" / "artifacts" / "demo").as_uri()
+    assert (fresh_root / "mlruns" / "artifacts" / "demo").is_dir()
+    assert any(p.name == "note.txt" for p in (fresh_root / "mlruns" / "artifacts").rglob("*"))
+
+
+def test_tracking_uri_env_overrides(fresh_root, monkeypatch, tmp_path):
+    other = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    assert tracking.tracking_uri() == f"sqlite:///{other}"
+    assert tracking.artifact_location("x") is None
