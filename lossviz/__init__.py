@@ -1,6 +1,47 @@
 """lossviz: fast, faithful loss-landscape surfaces and the experiments around them.
 
-The library has no MLflow, Optuna or DVC inside: a notebook user calls it directly.
+The library has no MLflow, Optuna or DVC inside: a notebook user calls it directly:
+
+    import lossviz
+    directions = lossviz.random_directions(model, seed=0)
+    surface = lossviz.compute_surface(model, inputs, targets, directions, xs, ys)
+
+The public names below are imported on first use, so `import lossviz` stays cheap.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Public name → the module that owns it.
+_PUBLIC = {
+    "Surface": "lossviz.surface",
+    "SurfaceFileError": "lossviz.surface",
+    "compute_surface": "lossviz.engine",
+    "select_examples": "lossviz.engine",
+    "cross_entropy_per_example": "lossviz.engine",
+    "Directions": "lossviz.directions",
+    "random_directions": "lossviz.directions",
+    "target_direction": "lossviz.directions",
+    "pca_directions": "lossviz.directions",
+    "project_checkpoints": "lossviz.directions",
+    "save_directions": "lossviz.directions",
+    "load_directions": "lossviz.directions",
+    "surface_metrics": "lossviz.metrics",
+    "hessian_metrics": "lossviz.metrics",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'lossviz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
