@@ -10,6 +10,7 @@ import sys
 # Modules that add subcommands (each exposes `register(subparsers)`).
 SUBCOMMAND_MODULES = [
     "lossviz.cli",
+    "lossviz.cli_plots",
     "lossviz.cli_surface",
 ]
 
