@@ -53,6 +53,7 @@ TITLE_KEYS = {
 # Metadata shown first in the comparison table; other scalar keys follow alphabetically.
 TABLE_KEYS = ("model", "dataset", "split", "method", "batch_size", "n_examples", "norm", "ignore", "mode",
               "seed", "model_hash")
+TABLE_ROW_PX = 22
 # Shape metrics (lossviz.metrics.surface_metrics) shown in the comparison table by default.
 TABLE_METRICS = ("centre_loss", "min_loss", "depth", "flatness", "convex_fraction", "centre_curvature_min",
                  "centre_curvature_max")
@@ -224,9 +225,14 @@ def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = N
     specs = [[{"type": "scene"} if r * columns + c < len(surfaces) else None for c in range(columns)]
              for r in range(scene_rows)]
     specs.append([{"type": "table", "colspan": columns}] + [None] * (columns - 1))
+    rows = _table_rows(surfaces, metrics)
+    # Heights in pixels, so the table shows every row without scrolling whatever the number of scenes.
+    scene_px, table_px, gap_px = 430, 70 + TABLE_ROW_PX * len(rows), 50
+    height = scene_px * scene_rows + table_px + gap_px * scene_rows + 80
     figure = make_subplots(
         rows=scene_rows + 1, cols=columns, specs=specs, subplot_titles=[escape(t) for t in titles],
-        row_heights=[1.0] * scene_rows + [0.55], vertical_spacing=0.06, horizontal_spacing=0.01,
+        row_heights=[scene_px] * scene_rows + [table_px], vertical_spacing=gap_px / height,
+        horizontal_spacing=0.01,
     )
     radius = max(default_clip_radius(s) for s in surfaces) if clip_radius is None else clip_radius
     max_radius = max(corner_radius(s) for s in surfaces)
@@ -237,19 +243,20 @@ def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = N
                                showscale=shared_z and i == 0, name=name)
         figure.add_trace(trace, row=i // columns + 1, col=i % columns + 1)
         figure.layout[scene].update(_scene_layout(z_scale))
+        # Small scenes: fewer, smaller z ticks, or the labels pile up on the axis seen edge-on.
+        figure.layout[scene].zaxis.update(nticks=4, tickfont={"size": 9})
     if shared_z:
         _share_z_range(figure)
-    rows = _table_rows(surfaces, metrics)
     figure.add_trace(go.Table(
         header={"values": ["", *[escape(t) for t in titles]], "align": "left", "fill": {"color": "#e8ecf4"},
                 "font": {"size": 12}},
         cells={"values": [[escape(label) for label, _ in rows],
                           *[[escape(values[i]) for _, values in rows] for i in range(len(surfaces))]],
-               "align": "left", "font": {"size": 11}, "height": 22},
+               "align": "left", "font": {"size": 11}, "height": TABLE_ROW_PX},
     ), row=scene_rows + 1, col=1)
     figure.update_layout(
-        title={"text": escape(title)}, height=430 * scene_rows + 60 + 24 * len(rows),
-        margin={"l": 10, "r": 10, "t": 70, "b": 10}, showlegend=False,
+        title={"text": escape(title)}, height=height, margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        showlegend=False,
         meta=_viewer_meta("compare", title, z_scale=z_scale, contours=contours, shared_z=shared_z,
                           clip_radius=min(radius, max_radius), max_radius=max_radius),
     )
