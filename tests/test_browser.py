@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
 import pytest
-from helpers_browser import CHROMIUM_MISSING, Browser, bowl_surface, network_urls, png_pixels
+from helpers_browser import CHROMIUM_MISSING, Browser, CdpError, bowl_surface, network_urls, png_pixels
 
 from lossviz import plots
 from lossviz.surface import Surface
@@ -101,6 +102,28 @@ def test_3d_scene_is_drawn(surface_page):
     # Viridis colours the surface: a good share of pixels are neither background grey-blue nor white.
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 80).mean() > 0.03
+
+
+def test_hover_shows_alpha_beta_loss_accuracy_and_standard_error(surface_page):
+    surface = bowl_surface(31)  # the page's surface
+    box = _scene_box(surface_page)
+    label = ""
+    for dy in (0, 30, -30, 60):  # the point under the mouse depends on the camera: try a few
+        surface_page.send("Input.dispatchMouseEvent", type="mouseMoved", x=box["x"] + box["width"] / 2,
+                          y=box["y"] + box["height"] / 2 + dy)
+        try:
+            label = surface_page.wait_for("Array.from(document.querySelectorAll('.hovertext'))"
+                                          ".map(e => e.textContent).join('')", timeout=3)
+            break
+        except CdpError:
+            continue
+    found = re.fullmatch(r"α=(\S+)β=(\S+)loss=(\S+)accuracy=(\S+)%standard error=(\S+)", label)
+    assert found, f"hover label {label!r}"
+    alpha, beta, loss, accuracy, error = map(float, found.groups())
+    ix, iy = np.abs(surface.xs - alpha).argmin(), np.abs(surface.ys - beta).argmin()
+    assert loss == pytest.approx(surface.loss[iy, ix], rel=1e-3)
+    assert accuracy == pytest.approx(surface.acc[iy, ix], abs=0.006)
+    assert error == pytest.approx(surface.loss_se[iy, ix], rel=1e-2)
 
 
 def test_log_toggle_switches_between_ln_loss_and_loss(surface_page):
