@@ -46,12 +46,14 @@ class LeNet5(nn.Module):
 
     def __init__(self, input_shape: InputShape = (1, 28, 28), num_classes: int = 10):
         super().__init__()
-        channels, height, _ = input_shape
+        channels, height, width = input_shape
         padding = 2 if height == 28 else 0
         self.conv1 = nn.Conv2d(channels, 6, 5, padding=padding)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        side = ((height + 2 * padding - 4) // 2 - 4) // 2
-        self.fc1 = nn.Linear(16 * side * side, 120)
+        rows, cols = (((side + 2 * padding - 4) // 2 - 4) // 2 for side in (height, width))
+        if rows < 1 or cols < 1:
+            raise ValueError(f"lenet5 needs inputs of at least 16×16 pixels, got input_shape={input_shape}")
+        self.fc1 = nn.Linear(16 * rows * cols, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
 
