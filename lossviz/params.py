@@ -60,8 +60,19 @@ class TrainParams(Section):
     batch_size: int = Field(default=256, ge=1)
     epochs: int = Field(default=3, ge=1)
     lr_plateau: bool = True
+    plateau_factor: float = Field(default=0.1, gt=0, lt=1)
+    plateau_patience: int = Field(default=5, ge=0)
     early_stopping: bool = False
+    patience: int | None = Field(default=None, ge=1)
     max_train_examples: int | None = Field(default=None, ge=1)
+    train_eval_examples: int | None = Field(default=10_000, ge=0)
+
+    @model_validator(mode="after")
+    def _patience_needs_early_stopping(self) -> TrainParams:
+        if self.patience is not None and not self.early_stopping:
+            raise ValueError(f"train.patience={self.patience} needs train.early_stopping: true "
+                             "(patience is when early stopping ends training); or set patience: null")
+        return self
 
 
 class Params(Section):

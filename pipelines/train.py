@@ -1,0 +1,129 @@
+"""DVC stage `train`: train the model named in params `train` on its prepared dataset with
+`lossviz.training.train`, log params, per-epoch metrics and the checkpoint to MLflow (experiment "train"),
+and write the DVC outputs `models/train/model.pt` (official `{"state_dict": ...}` layout) and
+`metrics/train.json`.
+
+Resume: DVC deletes a stage's outputs before running it, so the per-epoch resume checkpoint is not an
+output. It lives under `tmp/resume/` (git-ignored, unknown to DVC), named by a digest of everything that
+shapes the run (the params it uses, the prepared data's manifest, the code), so a killed `dvc repro`
+continues from its last finished epoch while a changed run starts afresh. It is deleted once the outputs
+are written. This keeps DVC's run-cache, which `persist: true` outputs would turn off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+
+from lossviz.checkpoints import save_model
+from lossviz.data import DataError, Splits, TensorSplit, load_splits
+from lossviz.models import build_model
+from lossviz.params import Params
+from lossviz.runtime import seed_everything
+from lossviz.training import EpochRecord, TrainConfig, train
+from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.tracking import stage_run
+
+STAGE = "train"
+MODEL_PATH = Path("models/train/model.pt")
+METRICS_PATH = Path("metrics/train.json")
+RESUME_DIR = Path("tmp/resume")
+
+
+def train_config(params: Params) -> TrainConfig:
+    """The library's config from the validated params (TrainConfig checks the combinations)."""
+    section = params.train
+    return TrainConfig(
+        epochs=section.epochs, batch_size=section.batch_size, optimizer=section.optimizer, lr=section.lr,
+        momentum=section.momentum, weight_decay=section.weight_decay, lr_plateau=section.lr_plateau,
+        plateau_factor=section.plateau_factor, plateau_patience=section.plateau_patience,
+        early_stopping=section.early_stopping, patience=section.patience, seed=params.seed,
+        device=params.device, train_eval_examples=section.train_eval_examples)
+
+
+def used_params(params: Params) -> dict[str, object]:
+    """Every param this stage reads, flat, as logged to MLflow and hashed for the resume file."""
+    return {"seed": params.seed, "device": params.device, "data.val_size": params.data.val_size,
+            "data.normalize": params.data.normalize,
+            **{f"train.{key}": value for key, value in params.train.model_dump().items()}}
+
+
+def resume_path(root: Path, params: Params) -> Path:
+    digest = hashlib.sha256(json.dumps(used_params(params), sort_keys=True).encode())
+    digest.update((data_root(root) / params.train.dataset / "manifest.json").read_bytes())
+    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
+        digest.update(source.read_bytes())
+    return root / RESUME_DIR / f"train-{digest.hexdigest()[:16]}.pt"
+
+
+def check_against_data(params: Params, splits: Splits) -> list[str]:
+    """Problems that only the data reveal, found before any output is touched."""
+    section, problems = params.train, []
+    train_size = min(len(splits.train), section.max_train_examples or len(splits.train))
+    if section.batch_size > train_size:
+        problems.append(f"train.batch_size: got {section.batch_size}; allowed: 1 … {train_size} "
+                        "(the training-set size)")
+    if splits.val is None and (section.lr_plateau or section.early_stopping):
+        problems.append("train.lr_plateau / train.early_stopping need a validation split: set data.val_size "
+                        "> 0 or turn both off")
+    return problems
+
+
+def main() -> int:
+    root = repo_root()
+    params = stage_params(root)
+    section = params.train
+    try:
+        config = train_config(params)
+        splits = load_splits(data_root(root), section.dataset, params.data.val_size, params.seed,
+                             params.data.normalize)
+    except (ValueError, DataError) as error:
+        print(f"{STAGE}: {error}", file=sys.stderr)
+        return 2
+    problems = check_against_data(params, splits)
+    if problems:
+        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
+        return 2
+    if section.max_train_examples:
+        train_split = TensorSplit(splits.train.x[:section.max_train_examples],
+                                  splits.train.y[:section.max_train_examples])
+        splits = Splits(train_split, splits.val, splits.test, splits.dataset)
+
+    seed_everything(params.seed)
+    model = build_model(section.model, splits.input_shape, splits.num_classes)
+    checkpoint = resume_path(root, params)
+
+    def log_epoch(record: EpochRecord, replayed: bool) -> None:
+        mlflow.log_metrics(record.metrics(), step=record.epoch)
+
+    run_name = f"{section.model}-{section.dataset}-bs{section.batch_size}"
+    with stage_run("train", run_name, STAGE, root=root):
+        mlflow.log_params(used_params(params))
+        mlflow.log_metrics({"batch_size": section.batch_size, "train_examples": len(splits.train)})
+        result = train(model, splits, config, callbacks=[log_epoch], checkpoint_path=checkpoint)
+        if result.resumed_from_epoch is not None:
+            mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        summary = {"model": section.model, "dataset": section.dataset, **result.summary()}
+        model_path = save_model(model, root / MODEL_PATH, model=section.model, dataset=section.dataset,
+                                input_shape=list(splits.input_shape), num_classes=splits.num_classes,
+                                epoch=result.final.epoch, acc=result.final.test_acc)
+        metrics_path = root / METRICS_PATH
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        mlflow.log_metrics({key: float(value) for key, value in result.summary().items()
+                            if isinstance(value, int | float) and value is not None})
+        mlflow.log_metric("train_seconds", result.seconds)
+        mlflow.log_artifact(str(model_path), "checkpoint")
+        mlflow.log_artifact(str(metrics_path))
+    checkpoint.unlink(missing_ok=True)
+    print(f"{STAGE}: {section.model} on {section.dataset}: epoch {result.final.epoch}, "
+          f"test accuracy {result.final.test_acc:.4f}, {result.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

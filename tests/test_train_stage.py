@@ -1,0 +1,146 @@
+"""The `train` stage end to end: the real dvc.yaml stage run by `dvc repro` in a temporary repository
+with tiny params and data, logging to a real SQLite MLflow store; and its params checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lossviz.checkpoints import load_model_weights
+from lossviz.data import RawSplit, write_prepared
+from lossviz.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = 2
+
+def tiny_params() -> dict:
+    """The repository's params.yaml (DVC wants every key the stage lists) with tiny settings."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(seed=3, device="cpu")
+    params["data"].update(datasets=["fashion_mnist"], download=False, val_size=100)
+    params["train"].update(dataset="fashion_mnist", model="lenet5", epochs=EPOCHS, batch_size=50,
+                           lr_plateau=True, early_stopping=True, patience=None, max_train_examples=None,
+                           train_eval_examples=100)
+    return params
+
+
+TINY_PARAMS = tiny_params()
+
+
+def stage_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "DVC_STAGE", "DVC_EXP_NAME")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", LOSSVIZ_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def write_tiny_dataset(root: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+
+    def split(count: int) -> RawSplit:
+        labels = torch.randint(0, 10, (count,), generator=generator)
+        images = (labels.view(-1, 1, 1, 1) * 20 + torch.randint(0, 60, (count, 1, 28, 28), generator=generator))
+        return RawSplit(images.to(torch.uint8), labels)
+
+    write_prepared({"train": split(400), "test": split(100)}, root / "data" / "prepared" / "fashion_mnist",
+                   {"dataset": "fashion_mnist", "source": "test", "verified_checksums": False})
+
+
+def make_repo(root: Path, params: dict) -> dict:
+    """A git + DVC repository holding only the real `train` stage, its code deps, and tiny data."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}, sort_keys=False))
+    for dep in stage["deps"]:
+        if dep.endswith(".py"):
+            (root / dep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / dep, root / dep)
+    for package in ("lossviz", "pipelines"):  # the modules those import (the deps list is what DVC hashes)
+        for source in (REPO / package).glob("*.py"):
+            if not (root / package / source.name).exists():
+                shutil.copy2(source, root / package / source.name)
+    shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_dataset(root)
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, check=True, env=stage_env())
+    return stage
+
+
+def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
+    stage = make_repo(tmp_path, TINY_PARAMS)
+    assert {"lossviz/training.py", "lossviz/checkpoints.py", "data/prepared"} <= set(stage["deps"])
+    run = subprocess.run(["dvc", "repro", "train"], cwd=tmp_path, env=stage_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert metrics["model"] == "lenet5" and 0 <= metrics["final_test_acc"] <= 1
+    assert 1 <= metrics["best_epoch"] <= EPOCHS and metrics["iterations"] == EPOCHS * 6  # 300 / 50
+    model = load_model_weights(build_model("lenet5", (1, 28, 28)), tmp_path / "models/train/model.pt")
+    assert model.fc3.out_features == 10
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["train"]
+    assert {out["path"] for out in lock["outs"]} == {"models/train", "metrics/train.json"}
+    assert not list((tmp_path / "tmp" / "resume").glob("*.pt"))  # the resume file goes once done
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("train")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    for name in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr"):
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), name
+    test_acc = {m.step: m.value for m in client.get_metric_history(run_id, "test_acc")}
+    assert test_acc[metrics["best_epoch"]] == pytest.approx(metrics["final_test_acc"])
+    logged = runs[0].data
+    assert logged.params["train.model"] == "lenet5" and logged.params["seed"] == "3"
+    assert logged.metrics["batch_size"] == 50 and logged.tags["dvc.stage"] == "train"
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/model.pt"]
+
+    again = subprocess.run(["dvc", "repro", "train"], cwd=tmp_path, env=stage_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "didn't change" in again.stdout, again.stdout + again.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def run_stage_module(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=REPO,
+                          env={**stage_env(), "DVC_ROOT": str(root)}, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"optimizer": "rmsprop"}, "train.optimizer: got 'rmsprop'; Input should be 'adam' or 'sgd'"),
+    ({"batch_size": 5000}, "train.batch_size: got 5000; allowed: 1 … 300"),
+])
+def test_bad_params_stop_the_stage_before_any_output(tmp_path, section, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS,
+                                                          "train": {**TINY_PARAMS["train"], **section}}))
+    write_tiny_dataset(tmp_path)
+    run = run_stage_module(tmp_path)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_resume_file_is_keyed_by_the_run(tmp_path):
+    from lossviz.params import parse_params
+    from pipelines.train import resume_path
+
+    write_tiny_dataset(tmp_path)
+    base = parse_params(TINY_PARAMS)
+    same = parse_params(json.loads(json.dumps(TINY_PARAMS)))
+    other = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 0.01}})
+    assert resume_path(tmp_path, base) == resume_path(tmp_path, same)
+    assert resume_path(tmp_path, base) != resume_path(tmp_path, other)
+    assert resume_path(tmp_path, base).parent == tmp_path / "tmp" / "resume"
