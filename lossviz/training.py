@@ -23,7 +23,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -151,6 +151,49 @@ class _Best:
     state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: everything besides model, optimizer, scheduler and RNGs that
+    a resume checkpoint must carry."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best: _Best | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    iteration: int = 0
+
+    def record(self, record: EpochRecord, model: nn.Module, config: TrainConfig) -> None:
+        """Add an epoch; track the minimum validation loss (with its weights for early stopping)."""
+        self.history.append(record)
+        self.iteration = record.iteration
+        if record.val_loss is None:
+            return
+        best = self.best
+        # a NaN best (a diverged first epoch) must not block every later improvement
+        if best is None or record.val_loss < best.val_loss or math.isnan(best.val_loss):
+            weights = ({key: value.detach().clone() for key, value in model.state_dict().items()}
+                       if config.early_stopping else None)
+            self.best = _Best(record.epoch, record.iteration, record.val_loss, weights)
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        self.stopped_early = (config.patience is not None and record.epoch < config.epochs
+                              and self.epochs_without_improvement >= config.patience)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"history": [asdict(item) for item in self.history],
+                "best": vars(self.best).copy() if self.best is not None else None,
+                "epochs_without_improvement": self.epochs_without_improvement,
+                "stopped_early": self.stopped_early, "iteration": self.iteration}
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> _Progress:
+        return cls(history=[EpochRecord(**record) for record in state["history"]],
+                   best=_Best(**state["best"]) if state["best"] is not None else None,
+                   epochs_without_improvement=state["epochs_without_improvement"],
+                   stopped_early=state["stopped_early"], iteration=state["iteration"])
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 def check_masks(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor]:
@@ -274,7 +317,7 @@ def _describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 # -------------------------------------------------------------------------------------------- train
 
 def train(model: nn.Module, splits: Splits, config: TrainConfig | None = None, *,
-          masks: Masks | None = None, callbacks: Sequence[EpochCallback | Callable] = (),
+          masks: Masks | None = None, callbacks: Sequence[EpochCallback] = (),
           checkpoint_path: str | Path | None = None) -> TrainResult:
     """Train `model` in place on `splits.train`, measuring `splits.val` and `splits.test` (either may be
     None) after every epoch, and return the history and headline numbers.
@@ -319,13 +362,7 @@ def train(model: nn.Module, splits: Splits, config: TrainConfig | None = None, *
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
         if config.lr_plateau else None)
     data_order = torch.Generator().manual_seed(order_seed)
-    history: list[EpochRecord] = []
-    best: _Best | None = None
-    epochs_without_improvement = 0
-    stopped_early = False
-    iteration = 0
-    resumed_from = None
-
+    run = _Progress()
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_training_state(checkpoint_path)
@@ -338,81 +375,57 @@ def train(model: nn.Module, splits: Splits, config: TrainConfig | None = None, *
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         restore_rng_states(state["rng"], data_order)
-        history = [EpochRecord(**record) for record in state["history"]]
-        best = _Best(**state["best"]) if state["best"] is not None else None
-        epochs_without_improvement = state["epochs_without_improvement"]
-        stopped_early = state["stopped_early"]
-        iteration = state["iteration"]
-        resumed_from = len(history)
-        for record in history:
+        run = _Progress.from_checkpoint(state)
+        for record in run.history:
             for callback in callbacks:
                 callback(record, True)
     else:
         seed_everything(global_seed)
+    resumed_from = len(run.history) if checkpoint_path is not None and run.history else None
     with torch.no_grad():  # a mask holds from the first step: w = m ⊙ w
         for parameter, mask in live:
             parameter.mul_(mask)
 
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    progress = tqdm(total=config.epochs * steps_per_epoch, initial=len(history) * steps_per_epoch,
+    progress = tqdm(total=config.epochs * steps_per_epoch, initial=len(run.history) * steps_per_epoch,
                     disable=not config.progress, unit="step", desc=f"train {type(model).__name__}",
                     mininterval=1.0, dynamic_ncols=True)
     model.train()
     try:
-        while len(history) < config.epochs and not stopped_early:
-            epoch = len(history) + 1
+        while len(run.history) < config.epochs and not run.stopped_early:
             epoch_started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            iteration += _train_epoch(model, optimizer, train_data, config.batch_size, data_order,
-                                      live, progress)
+            steps = _train_epoch(model, optimizer, train_data, config.batch_size, data_order, live, progress)
             train_loss, train_acc = _measure(model, train_eval_data, config.eval_batch_size)
             val_loss, val_acc = _measure(model, val_data, config.eval_batch_size)
             test_loss, test_acc = _measure(model, test_data, config.eval_batch_size)
-            record = EpochRecord(epoch=epoch, iteration=iteration, lr=lr,
+            record = EpochRecord(epoch=len(run.history) + 1, iteration=run.iteration + steps, lr=lr,
                                  seconds=time.perf_counter() - epoch_started,
                                  train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                                  val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
-            history.append(record)
             if scheduler is not None:
                 scheduler.step(record.val_loss)
-            if record.val_loss is not None:
-                # a NaN best (a diverged first epoch) must not block every later improvement
-                if best is None or record.val_loss < best.val_loss or math.isnan(best.val_loss):
-                    weights = ({key: value.detach().clone() for key, value in model.state_dict().items()}
-                               if config.early_stopping else None)
-                    best = _Best(epoch, iteration, record.val_loss, weights)
-                    epochs_without_improvement = 0
-                else:
-                    epochs_without_improvement += 1
-                stopped_early = (config.patience is not None and epochs_without_improvement >= config.patience
-                                 and epoch < config.epochs)
+            run.record(record, model, config)
             if checkpoint_path is not None:
                 save_training_state(checkpoint_path, {
-                    "fingerprint": fingerprint,
-                    "state_dict": model.state_dict(),
+                    "fingerprint": fingerprint, "state_dict": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": capture_rng_states(data_order),
-                    "history": [asdict(item) for item in history],
-                    "best": vars(best).copy() if best is not None else None,
-                    "epochs_without_improvement": epochs_without_improvement,
-                    "stopped_early": stopped_early,
-                    "iteration": iteration,
-                })
+                    "rng": capture_rng_states(data_order), **run.to_checkpoint()})
             progress.set_postfix(_postfix(record), refresh=False)
             for callback in callbacks:
                 callback(record, False)
     finally:
         progress.close()
 
-    final = history[-1]
+    best, final = run.best, run.history[-1]
     if config.early_stopping and best is not None:
         model.load_state_dict(best.state_dict)
-        final = history[best.epoch - 1]
+        final = run.history[best.epoch - 1]
     model.to(memory_format=torch.contiguous_format)
-    return TrainResult(history=history, final=final,
+    return TrainResult(history=run.history, final=final,
                        best_epoch=best.epoch if best else None, best_iteration=best.iteration if best else None,
-                       stopped_epoch=len(history), stopped_early=stopped_early, iterations=iteration,
+                       stopped_epoch=len(run.history), stopped_early=run.stopped_early, iterations=run.iteration,
                        resumed_from_epoch=resumed_from, seconds=time.perf_counter() - started)
 
 
