@@ -32,6 +32,9 @@ _PUBLIC = {
     "load_directions": "lossviz.directions",
     "surface_metrics": "lossviz.metrics",
     "hessian_metrics": "lossviz.metrics",
+    "AutoExamples": "lossviz.sampling",
+    "choose_n_examples": "lossviz.sampling",
+    "compare_sample_sizes": "lossviz.sampling",
 }
 
 __all__ = sorted(_PUBLIC)

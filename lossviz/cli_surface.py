@@ -41,6 +41,16 @@ def parse_axis(spec: str, flag: str) -> np.ndarray:
     return np.linspace(low, high, int(num))
 
 
+def parse_examples(text: str) -> int | str:
+    """`--examples`: a number, or 'auto' (chosen from a pilot grid's standard errors, lossviz.sampling)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a positive integer or 'auto'") from None
+
+
 def _load_model(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int):
     from lossviz.checkpoints import load_model_weights
     from lossviz.models import build_model
@@ -72,6 +82,14 @@ def _directions(args: argparse.Namespace, model, two_d: bool):
     return directions
 
 
+def _examples(args: argparse.Namespace):
+    if args.examples != "auto":
+        return args.examples
+    from lossviz.sampling import AutoExamples
+
+    return AutoExamples() if args.auto_tolerance is None else AutoExamples(tolerance=args.auto_tolerance)
+
+
 def _surface(args: argparse.Namespace) -> int:
     from lossviz.checkpoints import CheckpointError
     from lossviz.data import DataError
@@ -81,13 +99,13 @@ def _surface(args: argparse.Namespace) -> int:
     try:
         xs = parse_axis(args.x, "--x")
         ys = parse_axis(args.y, "--y") if args.y else None
-        if args.examples is not None and args.examples < 1:
+        if args.examples != "auto" and args.examples < 1:
             raise CliError(f"--examples {args.examples} is not valid; expected a positive integer")
         splits, split = _load_split(args)
         model = _load_model(args, splits.input_shape, splits.num_classes)
         directions = _directions(args, model, ys is not None)
         surface = compute_surface(
-            model, split.x, split.y, directions, xs, ys, n_examples=args.examples, seed=args.seed,
+            model, split.x, split.y, directions, xs, ys, n_examples=_examples(args), seed=args.seed,
             batch_size=args.batch_size, device=args.device, clip_radius=args.clip_radius, out=args.out,
             progress=not args.no_progress, method=args.method,
             meta={"model": args.model, "dataset": args.dataset, "split": args.split,
@@ -98,6 +116,10 @@ def _surface(args: argparse.Namespace) -> int:
     done = int(np.isfinite(surface.loss).sum())
     print(f"wrote {args.out}: {done} points computed, loss from {np.nanmin(surface.loss):.4f} "
           f"to {np.nanmax(surface.loss):.4f}")
+    if surface.meta.get("n_examples_auto"):
+        meta = surface.meta
+        print(f"examples: auto chose n={meta['n_examples']} (tolerance {meta['auto_tolerance']:g}; worst standard "
+              f"error of ln(loss) in the clip disk {meta['auto_max_ln_loss_se']:.4g})")
     return 0
 
 
@@ -134,7 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="normalize inputs by the dataset's channel statistics (as the model was trained)")
     surface.add_argument("--x", default="-1:1:51", help=f"α axis, {AXIS_FORM}")
     surface.add_argument("--y", default=None, help=f"β axis (omit for a 1-D slice), {AXIS_FORM}")
-    surface.add_argument("--examples", type=int, default=250, help="seeded random examples per point")
+    surface.add_argument("--examples", type=parse_examples, default=250,
+                         help="seeded random examples per point, or 'auto': the smallest n whose worst standard "
+                              "error of ln(loss) on a pilot grid is at most --auto-tolerance")
+    surface.add_argument("--auto-tolerance", type=float, default=None,
+                         help="with --examples auto: the largest acceptable standard error of ln(loss) "
+                              "(default: lossviz.sampling.DEFAULT_TOLERANCE, 0.05)")
     surface.add_argument("--seed", type=int, default=0, help="seed of the examples and the directions")
     surface.add_argument("--norm", choices=NORMS, default="filter")
     surface.add_argument("--ignore", choices=IGNORES, default="biasbn")

@@ -599,7 +599,7 @@ def _check_directions(model: nn.Module, directions: Directions, two_d: bool) -> 
 
 def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
                     xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray | None = None,
-                    n_examples: int | None = 250, seed: int = 0, loss_fn: LossFn = cross_entropy_per_example,
+                    n_examples: int | str | None = 250, seed: int = 0, loss_fn: LossFn = cross_entropy_per_example,
                     batch_size: int | None = None, device: str | torch.device = "auto",
                     clip_radius: float | None = None, out: str | Path | None = None, progress: bool = True,
                     method: str = "auto", points_per_batch: int | None = None,
@@ -610,8 +610,14 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     when `ys` is None. `loss_fn(outputs, targets)` returns per-example losses. Points farther than
     `clip_radius` from the centre are skipped (NaN). With `out`, points are flushed to that HDF5 file as
     they finish and a rerun with the same arguments computes only the missing ones. `meta` adds entries
-    (dataset, model name, dir_file...) to the surface's metadata.
+    (dataset, model name, dir_file...) to the surface's metadata. `n_examples="auto"` (or a
+    `lossviz.sampling.AutoExamples`) picks n from a pilot grid's standard errors: see lossviz.sampling.
     """
+    if isinstance(n_examples, str) or getattr(n_examples, "adaptive", False):
+        from lossviz.sampling import adaptive_surface
+        return adaptive_surface(model, inputs, targets, directions, xs, ys, n_examples, seed=seed, loss_fn=loss_fn,
+                                batch_size=batch_size, device=device, clip_radius=clip_radius, out=out,
+                                progress=progress, method=method, points_per_batch=points_per_batch, meta=meta)
     xs = np.asarray(xs, dtype=np.float64).ravel()
     ys = None if ys is None else np.asarray(ys, dtype=np.float64).ravel()
     if len(xs) == 0 or (ys is not None and len(ys) == 0):
