@@ -75,11 +75,44 @@ class TrainParams(Section):
         return self
 
 
+class SampleSizeParams(Section):
+    """The `sample_size` stage: one model, one pair of directions, a surface per number of examples."""
+    model: ModelName | None = None          # None: train.model (with the train stage's checkpoint)
+    dataset: DatasetName | None = None      # None: train.dataset
+    checkpoint: str | None = None           # None: models/train/model.pt; else a state_dict/.t7 file
+    normalize: bool | None = None           # None: data.normalize (inputs as the model was trained)
+    n_examples: list[int] = Field(default=[1, 10, 100, 250, 1000, 10000], min_length=2)
+    grid_points: int = Field(default=21, ge=2)
+    extent: float = Field(default=1.0, gt=0)
+    clip: bool = True
+    batch_size: int | None = Field(default=None, ge=1)
+    method: Literal["auto", "naive", "fast", "vmap"] = "auto"
+    auto_tolerance: float = Field(default=0.05, gt=0)
+    auto_candidates: list[int] = Field(default=[10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+                                       min_length=1)
+    auto_pilot_points: int = Field(default=7, ge=2)
+
+    @field_validator("n_examples")
+    @classmethod
+    def _distinct_positive(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value) or len(set(value)) != len(value):
+            raise ValueError("expected distinct positive integers (the largest is the reference)")
+        return sorted(value)
+
+    @field_validator("auto_candidates")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(n < 2 for n in value) or value != sorted(set(value)):
+            raise ValueError("expected increasing integers of at least 2 (one example has no standard error)")
+        return value
+
+
 class Params(Section):
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
+    sample_size: SampleSizeParams = SampleSizeParams()
 
     @field_validator("device")
     @classmethod

@@ -1,0 +1,272 @@
+"""DVC stage `sample_size` (the seed paper's Figures 2–3): how few test examples a faithful surface needs.
+
+For one trained model (params `sample_size`: by default the `train` stage's model and checkpoint; or a
+ResNet-56 `.t7` on CIFAR-10) and ONE pair of filter-normalized random directions, a surface at every n in
+`sample_size.n_examples` (the engine's seeded, nested test subsets), each compared with the largest n
+(`lossviz.sampling.compare_sample_sizes`), plus the adaptive choice of n at `sample_size.auto_tolerance`.
+
+Outputs (DVC): `surfaces/sample_size/` (n_XXXXX.h5 and directions.h5), `reports/sample_size/`
+(compare.html in the style of Figure 2, fidelity.html: fidelity and speed-up vs n), `metrics/sample_size.json`;
+all of it in an MLflow run of experiment "sample_size" (per-n metrics with step = n).
+
+Resume: surfaces are computed into `tmp/resume/sample_size-<digest>/` (named by everything that shapes
+them), each flushed point by point, with the wall time of every finished surface; a killed run picks up
+where it stopped. A surface resumed mid-way reports its time scaled from the points this run computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from lossviz.checkpoints import CheckpointError, load_model_weights
+from lossviz.data import DataError, load_splits
+from lossviz.directions import Directions, random_directions
+from lossviz.engine import compute_surface
+from lossviz.models import build_model
+from lossviz.params import Params
+from lossviz.plots import compare_figure, shape_metrics, write_html
+from lossviz.runtime import seed_everything
+from lossviz.sampling import AutoExamples, choose_n_examples, compare_sample_sizes, sample_size_figure
+from lossviz.surface import Surface
+from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.tracking import stage_run
+
+STAGE = "sample_size"
+SURFACE_DIR = Path("surfaces/sample_size")
+REPORT_DIR = Path("reports/sample_size")
+METRICS_PATH = Path("metrics/sample_size.json")
+TRAIN_CHECKPOINT = Path("models/train/model.pt")
+RESUME_DIR = Path("tmp/resume")
+DIRECTIONS_FILE = "directions.h5"
+
+
+@dataclass(frozen=True)
+class Study:
+    """What the study runs on, with the params' nulls resolved."""
+    model: str
+    dataset: str
+    checkpoint: Path
+    normalize: bool
+
+
+def resolve(params: Params, root: Path) -> Study:
+    section = params.sample_size
+    checkpoint = Path(section.checkpoint) if section.checkpoint else TRAIN_CHECKPOINT
+    return Study(model=section.model or params.train.model, dataset=section.dataset or params.train.dataset,
+                 checkpoint=checkpoint if checkpoint.is_absolute() else root / checkpoint,
+                 normalize=params.data.normalize if section.normalize is None else section.normalize)
+
+
+def check_study(params: Params, study: Study, n_test: int | None) -> list[str]:
+    """Problems found before any output is touched (each names the key, the value and what is allowed)."""
+    section, problems = params.sample_size, []
+    if section.checkpoint is None and (study.model != params.train.model or study.dataset != params.train.dataset):
+        problems.append(f"sample_size.model/dataset ({study.model!r}, {study.dataset!r}) differ from the train "
+                        f"stage's ({params.train.model!r}, {params.train.dataset!r}): set sample_size.checkpoint "
+                        "to a checkpoint of that model, or leave model and dataset null")
+    if not study.checkpoint.is_file():
+        hint = "run the `train` stage first" if section.checkpoint is None else "a state_dict or official .t7"
+        problems.append(f"sample_size.checkpoint: {study.checkpoint} does not exist ({hint})")
+    if study.dataset not in params.data.datasets:
+        problems.append(f"sample_size.dataset={study.dataset!r} is not in data.datasets {params.data.datasets}: "
+                        "add it there so `prepare` makes it")
+    if n_test is not None and max(section.n_examples) > n_test:
+        problems.append(f"sample_size.n_examples: got {max(section.n_examples)}; allowed: 1 … {n_test} "
+                        f"(the {study.dataset} test set)")
+    return problems
+
+
+def used_params(params: Params, study: Study) -> dict[str, object]:
+    """Every param the stage reads (resolved), flat: logged to MLflow and hashed for the resume directory."""
+    return {"seed": params.seed, "device": params.device, "data.normalize": params.data.normalize,
+            "train.model": params.train.model, "train.dataset": params.train.dataset,
+            **{f"sample_size.{key}": value for key, value in params.sample_size.model_dump().items()},
+            **{f"study.{key}": str(value) for key, value in asdict(study).items()}}
+
+
+def work_dir(root: Path, params: Params, study: Study) -> Path:
+    digest = hashlib.sha256(json.dumps(used_params(params, study), sort_keys=True).encode())
+    digest.update(study.checkpoint.read_bytes())
+    manifest = data_root(root) / study.dataset / "manifest.json"
+    if manifest.is_file():
+        digest.update(manifest.read_bytes())
+    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
+        digest.update(source.read_bytes())
+    return root / RESUME_DIR / f"{STAGE}-{digest.hexdigest()[:16]}"
+
+
+def surface_name(n: int) -> str:
+    return f"n_{n:05d}.h5"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(temporary, path)
+
+
+def _computed_points(path: Path) -> int:
+    return int(np.isfinite(Surface.load(path).loss).sum()) if path.is_file() else 0
+
+
+def timed_surface(path: Path, timings: dict, n: int, compute) -> tuple[Surface, float]:
+    """The surface at `path` (computed or resumed by `compute()`) and its wall time: recorded once finished;
+    for a surface resumed mid-way, this run's time scaled to all its points."""
+    key = str(n)
+    if path.is_file() and Surface.load(path).meta.get("complete"):
+        if key in timings:
+            return Surface.load(path), float(timings[key])
+        path.unlink()  # finished, but killed before its time was written: compute it again to time it
+    before = _computed_points(path)
+    start = time.perf_counter()
+    surface = compute()
+    seconds = time.perf_counter() - start
+    total = int(np.isfinite(surface.loss).sum())
+    if 0 < before < total:
+        seconds *= total / (total - before)
+    return surface, seconds
+
+
+def main() -> int:
+    root = repo_root()
+    params = stage_params(root)
+    section = params.sample_size
+    study = resolve(params, root)
+    problems = check_study(params, study, None)
+    if not problems:
+        try:
+            splits = load_splits(data_root(root), study.dataset, val_size=0, seed=params.seed,
+                                 normalize=study.normalize)
+        except (ValueError, DataError) as error:
+            problems.append(str(error))
+        else:
+            problems = check_study(params, study, len(splits.test))
+    if problems:
+        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
+        return 2
+    test = splits.test
+    model = build_model(study.model, splits.input_shape, splits.num_classes)
+    try:
+        load_model_weights(model, study.checkpoint)
+    except (CheckpointError, RuntimeError) as error:
+        print(f"{STAGE}: sample_size.checkpoint {study.checkpoint} does not fit {study.model}: {error}",
+              file=sys.stderr)
+        return 2
+    model.eval()
+    seed_everything(params.seed)
+
+    work = work_dir(root, params, study)
+    work.mkdir(parents=True, exist_ok=True)
+    directions_path = work / DIRECTIONS_FILE
+    if directions_path.is_file():
+        directions = Directions.load(directions_path, model)
+    else:
+        directions = random_directions(model, seed=params.seed)  # filter-normalized, biasbn ignored
+        directions.save(directions_path)
+    axis = np.linspace(-section.extent, section.extent, section.grid_points)
+    clip_radius = section.extent if section.clip else None
+    engine_options = dict(seed=params.seed, batch_size=section.batch_size, device=params.device,
+                          clip_radius=clip_radius, method=section.method)
+    meta = {"model": study.model, "dataset": study.dataset, "split": "test", "checkpoint": str(study.checkpoint),
+            "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE)}
+    timings_path = work / "timings.json"
+    timings = _read_json(timings_path)
+
+    run_name = f"{study.model}-{study.dataset}-grid{section.grid_points}"
+    with stage_run(STAGE, run_name, STAGE, root=root):
+        mlflow.log_params(used_params(params, study))
+        mlflow.log_metrics({"grid_points": section.grid_points, "reference_n": max(section.n_examples),
+                            "auto_tolerance": section.auto_tolerance, "test_examples": len(test)})
+        surfaces, seconds = {}, {}
+        for n in section.n_examples:
+            path = work / surface_name(n)
+            print(f"{STAGE}: surface with n={n} examples ({section.grid_points}×{section.grid_points})", flush=True)
+            surfaces[n], seconds[n] = timed_surface(path, timings, n, lambda n=n, path=path: compute_surface(
+                model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
+                meta={**meta, "name": f"n = {n}"}, **engine_options))
+            timings[str(n)] = seconds[n]
+            _write_json(timings_path, timings)
+
+        auto_path = work / "auto.json"
+        auto = _read_json(auto_path)
+        if not auto:
+            start = time.perf_counter()
+            choice = choose_n_examples(model, test.x, test.y, directions, axis, axis, auto=AutoExamples(
+                section.auto_tolerance, tuple(section.auto_candidates), section.auto_pilot_points), **engine_options)
+            auto = {"tolerance": choice.tolerance, "n": choice.n_examples, "met": choice.met,
+                    "pilot_max_ln_loss_se": _finite(choice.max_ln_loss_se),
+                    "pilot_seconds": time.perf_counter() - start,
+                    "trials": {str(n): _finite(se) for n, se in choice.trials}}
+            _write_json(auto_path, auto)
+
+        rows = compare_sample_sizes(surfaces, seconds, clip_radius)
+        by_n = {row["n"]: row for row in rows}
+        if auto["n"] in by_n:  # the achieved error of the chosen n on the whole grid
+            auto["full_grid_max_ln_loss_se"] = by_n[auto["n"]]["max_ln_loss_se"]
+        summary = {"model": study.model, "dataset": study.dataset, "grid_points": section.grid_points,
+                   "reference_n": max(section.n_examples), "by_n": {str(row["n"]): row for row in rows},
+                   "auto": auto}
+
+        surface_dir, report_dir = root / SURFACE_DIR, root / REPORT_DIR
+        surface_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(directions_path, surface_dir / DIRECTIONS_FILE)
+        for n in section.n_examples:
+            shutil.copy2(work / surface_name(n), surface_dir / surface_name(n))
+        table = [{**shape_metrics(surfaces[n]), **{k: v for k, v in by_n[n].items() if k != "n" and v is not None}}
+                 for n in section.n_examples]
+        title = (f"{study.model} on {study.dataset}: the same directions, n test examples per point "
+                 f"(fidelity against n = {max(section.n_examples)})")
+        compare_page = write_html(compare_figure([surfaces[n] for n in section.n_examples],
+                                                 [f"n = {n}" for n in section.n_examples], columns=3,
+                                                 clip_radius=clip_radius, metrics=table, title=title),
+                                  report_dir / "compare.html")
+        fidelity_page = write_html(sample_size_figure(rows, tolerance=section.auto_tolerance,
+                                                      title=f"{study.model} on {study.dataset}: fidelity and "
+                                                            "speed-up vs number of examples"),
+                                   report_dir / "fidelity.html")
+        _write_json(root / METRICS_PATH, summary)
+
+        for row in rows:
+            mlflow.log_metrics({key: value for key, value in row.items() if key != "n" and value is not None},
+                               step=row["n"])
+        mlflow.log_metrics({f"auto_{key}": float(value) for key, value in auto.items()
+                            if isinstance(value, int | float) and value is not None})
+        for page in (compare_page, fidelity_page):
+            mlflow.log_artifact(str(page), "reports")
+        mlflow.log_artifact(str(root / METRICS_PATH))
+        mlflow.log_artifacts(str(surface_dir), "surfaces")
+    shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        print(f"{STAGE}: n={row['n']:>6}: pearson ln(loss) {_fmt(row['pearson_ln_loss'])}, rmse "
+              f"{_fmt(row['rmse_ln_loss'])}, argmin distance {_fmt(row['argmin_distance'])}, "
+              f"{row['seconds']:.2f} s, speed-up {_fmt(row['speedup'])}")
+    print(f"{STAGE}: auto at tolerance {auto['tolerance']:g}: n={auto['n']} (met: {auto['met']})")
+    return 0
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
