@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lossviz", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lossviz", description="Loss landscapes: compute, measure and view them; check params.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
