@@ -107,11 +107,69 @@ class SampleSizeParams(Section):
         return value
 
 
+class BatchSweepParams(Section):
+    """The `batch_sweep` stage: an Optuna study over the training batch size (seed paper, Figure 4)."""
+    dataset: DatasetName = "fashion_mnist"
+    model: ModelName = "fashion_cnn"
+    sampler: Literal["grid", "tpe"] = "grid"
+    batch_sizes: list[int] = Field(default=[16, 64, 256, 1024, 4096], min_length=1)  # grid
+    log2_batch_size_min: int = Field(default=1, ge=0, le=24)   # tpe: batch size = 2**k, k in [min, max]
+    log2_batch_size_max: int = Field(default=14, ge=0, le=24)
+    n_trials: int = Field(default=8, ge=1)                       # tpe only (the grid runs every point once)
+    pruner: Literal["median", "none"] = "median"                # tpe only; the grid never prunes
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: int = Field(default=3, ge=1)
+    lr_plateau: bool = True
+    plateau_factor: float = Field(default=0.1, gt=0, lt=1)
+    plateau_patience: int = Field(default=5, ge=0)
+    early_stopping: bool = False
+    patience: int | None = Field(default=None, ge=1)
+    max_train_examples: int | None = Field(default=5000, ge=1)
+    train_eval_examples: int | None = Field(default=5000, ge=0)
+    storage: str | None = None      # Optuna storage URL; None: the journal file studies/batch_sweep/
+    study_name: str | None = None   # None: derived from a digest of everything that shapes the trials
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _distinct_positive(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value) or len(set(value)) != len(value):
+            raise ValueError("expected distinct positive integers")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchSweepParams:
+        if self.log2_batch_size_min > self.log2_batch_size_max:
+            raise ValueError(f"batch_sweep.log2_batch_size_min={self.log2_batch_size_min} is above "
+                             f"log2_batch_size_max={self.log2_batch_size_max}")
+        if self.patience is not None and not self.early_stopping:
+            raise ValueError(f"batch_sweep.patience={self.patience} needs batch_sweep.early_stopping: true")
+        return self
+
+
+class BatchLandscapesParams(Section):
+    """The `batch_landscapes` stage: a surface, shape and Hessian metrics per trained batch size."""
+    grid_points: int = Field(default=15, ge=3)         # per axis, on [-extent, extent]²
+    extent: float = Field(default=1.0, gt=0)
+    n_examples: int = Field(default=250, ge=2)         # seeded test examples (surface and Hessian)
+    direction_seed: int = Field(default=0, ge=0)       # the same for every batch size
+    norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
+    ignore: Literal["biasbn", "none"] = "biasbn"
+    flat_tolerance: float = Field(default=0.1, gt=0)   # loss units, for the flatness measure
+    hessian_iterations: int = Field(default=100, ge=1)  # power iteration cap
+    trace_samples: int = Field(default=20, ge=2)       # Hutchinson probes
+    method: Literal["auto", "naive", "fast", "vmap"] = "auto"
+
+
 class Params(Section):
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
+    batch_sweep: BatchSweepParams = BatchSweepParams()
+    batch_landscapes: BatchLandscapesParams = BatchLandscapesParams()
     sample_size: SampleSizeParams = SampleSizeParams()
 
     @field_validator("device")

@@ -1,0 +1,279 @@
+"""DVC stage `batch_landscapes` (the seed paper's Figure 4, and its verdict in numbers): for every batch size
+the `batch_sweep` stage trained, a loss surface around the checkpoint (filter-normalized random directions
+drawn with ONE seed for all), its shape metrics (`lossviz.metrics.surface_metrics`) and the Hessian's top
+eigenvalue and trace (`lossviz.metrics.hessian_metrics`) on the surface's test examples; then Spearman
+correlations, with exact permutation p-values, of each sharpness measure with test error and with the
+generalization gap across batch sizes (`lossviz.sharpness`).
+
+Outputs (DVC): `surfaces/batch_landscapes/bs_XXXXX.h5`, `reports/batch_landscapes/` (compare.html in the
+style of Figure 4, subtitles batch size and test accuracy; verdict.html, the table; one page per surface;
+index.html), `metrics/batch_sweep.json` (the verdict). MLflow: a run in experiment "batch_landscapes" with
+everything, and each surface page plus its measures logged to the sweep's child run of that batch size,
+found by its tags (`lossviz.study`, `lossviz.batch_size`, `optuna.trial_state` = COMPLETE).
+
+Resume: surfaces are flushed point by point, and Hessian measures saved per batch size, under
+`tmp/resume/batch_landscapes-<digest>/` (named by the params and the sweep's summary), so a killed run
+continues where it stopped; the directory goes once the outputs are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from mlflow.tracking import MlflowClient
+from plotly.subplots import make_subplots
+
+from lossviz.checkpoints import CheckpointError, load_model_weights
+from lossviz.data import DataError, Splits, load_splits
+from lossviz.directions import random_directions
+from lossviz.engine import compute_surface
+from lossviz.metrics import hessian_metrics, surface_metrics
+from lossviz.models import build_model
+from lossviz.params import Params
+from lossviz.plots import compare_figure, surface_figure, write_gallery, write_html
+from lossviz.runtime import resolve_device, seed_everything
+from lossviz.sharpness import SHARPNESS_MEASURES, TARGETS, correlation_table, generalization_gap, sharpness_measures
+from lossviz.surface import Surface
+from pipelines.batch_sweep import EXPERIMENT as SWEEP_EXPERIMENT
+from pipelines.batch_sweep import SUMMARY_PATH
+from pipelines.common import data_root, repo_root, stage_params
+from pipelines.tracking import ensure_store, stage_run
+
+STAGE = "batch_landscapes"
+SURFACE_DIR = Path("surfaces/batch_landscapes")
+REPORT_DIR = Path("reports/batch_landscapes")
+METRICS_PATH = Path("metrics/batch_sweep.json")
+RESUME_DIR = Path("tmp/resume")
+
+
+class LandscapeError(RuntimeError):
+    """The stage cannot run as asked; the message says why and what to do."""
+
+
+def read_sweep(root: Path) -> dict[str, Any]:
+    path = root / SUMMARY_PATH
+    if not path.is_file():
+        raise LandscapeError(f"{path}: not found; run the `batch_sweep` stage first")
+    summary = json.loads(path.read_text())
+    if not summary.get("trials"):
+        raise LandscapeError(f"{path}: the sweep has no completed trial")
+    return summary
+
+
+def resume_dir(root: Path, params: Params, summary: dict[str, Any]) -> Path:
+    """Named by everything that shapes the surfaces: this stage's params, the seed-free device, the sweep."""
+    digest = hashlib.sha256(json.dumps({"landscapes": params.batch_landscapes.model_dump(),
+                                        "sweep": summary}, sort_keys=True).encode())
+    for trial in summary["trials"]:
+        digest.update((root / trial["checkpoint"]).read_bytes())
+    return root / RESUME_DIR / f"{STAGE}-{digest.hexdigest()[:16]}"
+
+
+def trial_title(trial: dict[str, Any]) -> str:
+    return f"batch size {trial['batch_size']} · test acc {100 * trial['final_test_acc']:.2f}%"
+
+
+def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params, splits: Splits,
+                  xs: np.ndarray, work: Path, root: Path) -> tuple[Surface, dict[str, Any]]:
+    """The surface and every measure of one trained batch size (resumed from `work`)."""
+    section = params.batch_landscapes
+    batch_size = trial["batch_size"]
+    test = splits.test
+    model = build_model(summary["model"], splits.input_shape, splits.num_classes)
+    load_model_weights(model, root / trial["checkpoint"])
+    model.eval()
+    directions = random_directions(model, seed=section.direction_seed, norm=section.norm, ignore=section.ignore)
+    surface = compute_surface(
+        model, test.x, test.y, directions, xs, xs, n_examples=section.n_examples, seed=section.direction_seed,
+        device=params.device, out=work / f"bs_{batch_size:05d}.h5", method=section.method,
+        meta={"model": summary["model"], "dataset": summary["dataset"], "train_batch_size": batch_size,
+              "test_acc": trial["final_test_acc"], "checkpoint": trial["checkpoint"],
+              "title": trial_title(trial)})
+    shape = surface_metrics(surface, flat_tolerance=section.flat_tolerance)
+    hessian_file = work / f"bs_{batch_size:05d}.hessian.json"
+    if hessian_file.is_file():
+        hessian = json.loads(hessian_file.read_text())
+    else:
+        device = resolve_device(params.device)
+        index = torch.from_numpy(surface.example_indices)
+        model.to(device)
+        hessian = hessian_metrics(model, test.x[index].to(device), test.y[index].to(device),
+                                  seed=section.direction_seed, max_iterations=section.hessian_iterations,
+                                  trace_samples=section.trace_samples)
+        hessian_file.write_text(json.dumps(hessian))
+    nan = math.nan
+    gap = generalization_gap(trial.get("final_train_acc", nan), trial["final_test_acc"],
+                             trial.get("final_train_loss", nan), trial["final_test_loss"])
+    row = {"batch_size": batch_size, "trial": trial["trial"], "test_acc": trial["final_test_acc"],
+           "test_error": 1 - trial["final_test_acc"], "test_loss": trial["final_test_loss"],
+           "train_acc": trial.get("final_train_acc", nan), "train_loss": trial.get("final_train_loss", nan),
+           "val_acc": trial["final_val_acc"], **gap, **sharpness_measures(shape, hessian),
+           "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"],
+           "mlflow_run_id": trial.get("mlflow_run_id")}
+    return surface, row
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+ROW_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", *SHARPNESS_MEASURES)
+
+
+def verdict_figure(rows: list[dict[str, Any]], table: dict[str, dict[str, dict[str, float]]], title: str) -> go.Figure:
+    """Two tables: one row per batch size; Spearman ρ (p) of each measure with each target."""
+    figure = make_subplots(rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "table"}]],
+                           row_heights=[0.5, 0.5], vertical_spacing=0.06,
+                           subplot_titles=["per batch size", "Spearman ρ (exact permutation p) across batch sizes"])
+    figure.add_trace(go.Table(header={"values": list(ROW_COLUMNS), "fill": {"color": "#e8ecf4"}},
+                              cells={"values": [[_fmt(row[key]) for row in rows] for key in ROW_COLUMNS]}),
+                     row=1, col=1)
+    measures = list(table)
+    figure.add_trace(go.Table(
+        header={"values": ["measure", "which way", *[f"vs {target}" for target in TARGETS]],
+                "fill": {"color": "#e8ecf4"}},
+        cells={"values": [measures, [SHARPNESS_MEASURES[m][1] for m in measures],
+                          *[[f"{_fmt(table[m][t]['spearman'])} (p={_fmt(table[m][t]['p_value'])})"
+                             for m in measures] for t in TARGETS]]}),
+        row=2, col=1)
+    figure.update_layout(title={"text": title}, height=260 + 30 * (len(rows) + len(measures)),
+                         margin={"l": 10, "r": 10, "t": 80, "b": 10})
+    return figure
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, study: str, batch_size: int) -> str | None:
+    """The sweep's child run of a completed trial, found by its tags."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`lossviz.study` = '{study}' and tags.`lossviz.batch_size` = "
+                                       f"'{batch_size}' and tags.`optuna.trial_state` = 'COMPLETE'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def main() -> int:
+    root = repo_root()
+    params = stage_params(root)
+    section = params.batch_landscapes
+    try:
+        summary = read_sweep(root)
+        splits = load_splits(data_root(root), summary["dataset"], 0, summary["seed"], summary["normalize"])
+    except (LandscapeError, DataError, ValueError) as error:
+        print(f"{STAGE}: {error}", file=sys.stderr)
+        return 2
+    if section.n_examples > len(splits.test):
+        print(f"{STAGE}: invalid params\n  batch_landscapes.n_examples: got {section.n_examples}; allowed: 2 … "
+              f"{len(splits.test)} (the test-set size)", file=sys.stderr)
+        return 2
+    seed_everything(params.seed)
+    xs = np.linspace(-section.extent, section.extent, section.grid_points)
+    work = resume_dir(root, params, summary)
+    work.mkdir(parents=True, exist_ok=True)
+    trials = sorted(summary["trials"], key=lambda t: t["batch_size"])
+    surfaces, rows = [], []
+    try:
+        for trial in trials:
+            print(f"{STAGE}: batch size {trial['batch_size']}: surface {section.grid_points}² on "
+                  f"{section.n_examples} test examples, Hessian", flush=True)
+            surface, row = measure_trial(trial, summary, params, splits, xs, work, root)
+            surfaces.append(surface)
+            rows.append(row)
+    except (CheckpointError, OSError, ValueError) as error:
+        print(f"{STAGE}: {error}", file=sys.stderr)
+        return 2
+    table = correlation_table(rows)
+
+    surface_dir, report = root / SURFACE_DIR, root / REPORT_DIR
+    for directory in (surface_dir, report):
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+    for trial in trials:
+        name = f"bs_{trial['batch_size']:05d}.h5"
+        shutil.copy2(work / name, surface_dir / name)
+    pages = {row["batch_size"]: write_html(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
+             for surface, row in zip(surfaces, rows, strict=True)}
+    table_metrics = [{key: row[key] for key in ("test_acc", "train_acc", "gap_acc", *SHARPNESS_MEASURES)}
+                     for row in rows]
+    compare = write_html(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
+                                        columns=min(len(surfaces), 5),
+                                        title=f"Loss surfaces by batch size ({summary['model']}, "
+                                              f"{summary['dataset']})"),
+                         report / "compare.html")
+    verdict = write_html(verdict_figure(rows, table, f"Sharpness vs generalization across batch sizes "
+                                                     f"({summary['study']})"), report / "verdict.html")
+    write_gallery(report, title="Batch-size landscapes")
+    best = max(rows, key=lambda row: row["test_acc"])
+    result = {"study": summary["study"], "model": summary["model"], "dataset": summary["dataset"],
+              "epochs": summary.get("epochs"), "best_batch_size_by_test_acc": best["batch_size"],
+              "per_batch_size": {str(row["batch_size"]): row for row in rows}, "correlations": table,
+              "measures": {name: f"{what} ({way})" for name, (what, way) in SHARPNESS_MEASURES.items()},
+              "targets": TARGETS,
+              "surface": {"grid_points": section.grid_points, "extent": section.extent,
+                          "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
+    metrics_path = root / METRICS_PATH
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
+
+    ensure_store(root)
+    client = MlflowClient()
+    with stage_run(STAGE, summary["study"], STAGE, root=root):
+        mlflow.set_tag("lossviz.study", summary["study"])
+        mlflow.log_params({f"batch_landscapes.{k}": v for k, v in section.model_dump().items()})
+        for row in rows:
+            mlflow.log_metrics({key: float(row[key]) for key in ("test_acc", "gap_acc", "gap_loss",
+                                                                 *SHARPNESS_MEASURES)
+                                if math.isfinite(float(row[key]))}, step=row["batch_size"])
+        mlflow.log_metrics({f"spearman_{m}_vs_{t}": cell["spearman"] for m, targets in table.items()
+                            for t, cell in targets.items() if math.isfinite(cell["spearman"])})
+        for page in (compare, verdict):
+            mlflow.log_artifact(str(page))
+        mlflow.log_artifact(str(metrics_path))
+    sweep_experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
+    for row in rows:
+        run_id = (find_trial_run(client, sweep_experiment.experiment_id, summary["study"], row["batch_size"])
+                  if sweep_experiment is not None else None)
+        if run_id is None:
+            print(f"{STAGE}: no MLflow run of batch size {row['batch_size']} in study {summary['study']}; "
+                  "its page is not logged there", file=sys.stderr)
+            continue
+        client.log_artifact(run_id, str(pages[row["batch_size"]]), "landscape")
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"landscape_{key}", float(row[key]), 0, 0)
+                                          for key in (*SHARPNESS_MEASURES, "gap_acc", "gap_loss")
+                                          if math.isfinite(float(row[key]))])
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{STAGE}: {'batch':>6} {'test acc':>8} " + " ".join(f"{m:>22}" for m in SHARPNESS_MEASURES))
+    for row in rows:
+        print(f"{STAGE}: {row['batch_size']:>6} {row['test_acc']:>8.4f} "
+              + " ".join(f"{row[m]:>22.4g}" for m in SHARPNESS_MEASURES))
+    for measure, targets in table.items():
+        print(f"{STAGE}: spearman {measure:>22}: " + ", ".join(
+            f"{t} {cell['spearman']:+.2f} (p={cell['p_value']:.2f})" for t, cell in targets.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

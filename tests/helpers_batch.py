@@ -1,0 +1,80 @@
+"""Helpers for the batch-size study tests: a temporary git + DVC project holding the real `batch_sweep`
+and `batch_landscapes` stages, tiny params and a tiny prepared Fashion-MNIST-like dataset."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from test_train_stage import stage_env, write_tiny_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+GRID = [8, 32, 128]
+EPOCHS = 3
+
+
+def tiny_params(**sweep) -> dict:
+    """The repository's params.yaml (DVC wants every key the stages list) with tiny settings: 300
+    training examples, 100 validation, 100 test; fashion_cnn; a 3-point grid of 3 epochs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(seed=1, device="cpu")
+    params["data"].update(datasets=["fashion_mnist"], download=False, val_size=100)
+    params["batch_sweep"].update({"dataset": "fashion_mnist", "model": "fashion_cnn", "sampler": "grid",
+                                  "batch_sizes": GRID, "epochs": EPOCHS, "max_train_examples": None,
+                                  "train_eval_examples": 100, "storage": None, "study_name": None, **sweep})
+    params["batch_landscapes"].update(grid_points=5, extent=1.0, n_examples=40, trace_samples=4,
+                                      hessian_iterations=10)
+    return params
+
+
+def make_project(root: Path, params: dict, stages: tuple[str, ...] = ("batch_sweep", "batch_landscapes"),
+                 dvc: bool = True) -> dict:
+    """A project with the real stage definitions of `stages`, tiny params and data; git + DVC when `dvc`."""
+    root.mkdir(parents=True, exist_ok=True)
+    defined = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    chosen = {name: defined[name] for name in stages}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": chosen}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_dataset(root)
+    if dvc:
+        # the code the stages list as deps, so DVC can hash them (the stage runs the installed package)
+        for stage in chosen.values():
+            for dep in stage["deps"]:
+                if dep.endswith(".py"):
+                    (root / dep).parent.mkdir(parents=True, exist_ok=True)
+                    (root / dep).write_bytes((REPO / dep).read_bytes())
+        (root / ".dvcignore").write_bytes((REPO / ".dvcignore").read_bytes())
+        for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+            subprocess.run(command, cwd=root, check=True, env=stage_env())
+    return chosen
+
+
+def assert_self_contained(page: Path) -> None:
+    """The page inlines plotly.js and loads nothing (no src/href in script, link, img, iframe tags)."""
+    text = page.read_text()
+    assert "plotly.js v" in text, page
+    tags = re.findall(r"<(?:script|link|img|iframe|source|embed)\b[^>]*>", text, re.I)
+    assert all(not re.search(r"\b(src|href)\s*=", tag, re.I) for tag in tags), (page, tags)
+
+
+def stage_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"pipelines.{module}", *args]
+
+
+def run_stage(root: Path, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a stage module from this checkout against the project at `root` (DVC_ROOT)."""
+    return subprocess.run(stage_command(module, *args), cwd=REPO, env={**stage_env(), "DVC_ROOT": str(root)},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+__all__ = ["EPOCHS", "GRID", "REPO", "assert_self_contained", "make_project", "mlflow_client", "run_stage",
+           "stage_command", "stage_env", "tiny_params"]

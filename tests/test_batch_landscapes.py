@@ -1,0 +1,180 @@
+"""The batch-size study end to end (`dvc repro batch_landscapes` in a temporary repository: the sweep on a
+real journal file, the surfaces, the verdict, a real SQLite MLflow store), and the verdict's arithmetic
+(`lossviz.sharpness`) on examples whose answers are known."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+
+import h5py
+import numpy as np
+import optuna
+import pytest
+import yaml
+from helpers_batch import EPOCHS, GRID, assert_self_contained, make_project, mlflow_client, stage_env, tiny_params
+from optuna.trial import TrialState
+
+from lossviz.sharpness import (
+    SHARPNESS_MEASURES,
+    correlation_table,
+    generalization_gap,
+    sharpness_measures,
+    spearman_p_value,
+)
+from lossviz.stats import spearman
+
+
+def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
+    stages = make_project(tmp_path, tiny_params())
+    assert {"lossviz/training.py", "data/prepared"} <= set(stages["batch_sweep"]["deps"])
+    assert {"lossviz/sharpness.py", "models/batch_sweep"} <= set(stages["batch_landscapes"]["deps"])
+    run = subprocess.run(["dvc", "repro", "batch_landscapes"], cwd=tmp_path, env=stage_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # the sweep: one trial per grid point, on a journal file that DVC keeps (persist)
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    assert {o["path"] for o in lock["batch_sweep"]["outs"]} == {"studies/batch_sweep", "models/batch_sweep",
+                                                                "reports/batch_sweep"}
+    info = json.loads((tmp_path / "studies/batch_sweep/study.json").read_text())
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "studies/batch_sweep/journal.log")))
+    study = optuna.load_study(study_name=info["study"], storage=storage)
+    assert len(study.trials) == len(GRID) and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.params["batch_size"] for t in study.trials) == GRID
+    for size in GRID:
+        assert (tmp_path / f"models/batch_sweep/bs_{size:05d}/model.pt").is_file()
+
+    # MLflow: a parent run per study, a child per trial with the same metric names, batch size numeric
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("batch_sweep")
+    parents = client.search_runs([experiment.experiment_id], "tags.`lossviz.role` = 'study'")
+    children = client.search_runs([experiment.experiment_id], "tags.`lossviz.role` = 'trial'")
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs["lossviz.mlflow_parent_run_id"]
+    assert len(children) == len(GRID)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.metrics["batch_size"] for r in children) == GRID
+    names = {frozenset(r.data.metrics) for r in children}
+    assert len(names) == 1 and {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"} <= set(
+        next(iter(names)))
+    for child in children:
+        for metric in ("train_acc", "val_loss", "test_loss", "test_acc"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), metric
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert artifacts == {"checkpoint", "landscape"}  # the surface page went to the trial's own run
+        page = client.list_artifacts(child.info.run_id, "landscape")[0].path
+        assert page == f"landscape/bs_{int(child.data.metrics['batch_size']):05d}.html"
+        assert child.data.metrics["landscape_hessian_trace"] > 0
+    optuna_pages = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
+    assert optuna_pages == {"optuna/history.html", "optuna/slice.html", "optuna/intermediate_values.html"}
+    assert parents[0].info.status == "FINISHED"
+
+    # the landscapes and the verdict
+    verdict = json.loads((tmp_path / "metrics/batch_sweep.json").read_text())
+    rows = [verdict["per_batch_size"][str(size)] for size in GRID]
+    sweep = json.loads((tmp_path / "models/batch_sweep/sweep.json").read_text())
+    trials = {t["batch_size"]: t for t in sweep["trials"]}
+    for row in rows:
+        trial = trials[row["batch_size"]]
+        assert row["test_acc"] == trial["final_test_acc"]
+        assert row["gap_acc"] == pytest.approx(trial["final_train_acc"] - trial["final_test_acc"])
+        assert row["gap_loss"] == pytest.approx(trial["final_test_loss"] - trial["final_train_loss"])
+        assert set(SHARPNESS_MEASURES) <= set(row)
+    for measure in SHARPNESS_MEASURES:
+        for target in ("test_error", "gap_acc", "gap_loss"):
+            expected = spearman([r[measure] for r in rows], [r[target] for r in rows])
+            got = verdict["correlations"][measure][target]["spearman"]
+            assert (got is None and math.isnan(expected)) or got == pytest.approx(expected)
+    directions_seed = set()
+    for size in GRID:
+        with h5py.File(tmp_path / f"surfaces/batch_landscapes/bs_{size:05d}.h5") as f:
+            meta = json.loads(f.attrs["meta"])
+            directions_seed.add(meta["direction_seed"])
+            assert f["test_loss"].shape == (5, 5) and np.isfinite(f["test_loss"][()]).all()
+    assert directions_seed == {0}
+    report = tmp_path / "reports/batch_landscapes"
+    compare = (report / "compare.html").read_text()
+    for size in GRID:
+        assert f"batch size {size} · test acc {100 * trials[size]['final_test_acc']:.2f}%" in compare
+    for page in ("compare.html", "verdict.html", "bs_00008.html"):
+        assert_self_contained(report / page)
+    assert "hessian_top_eigenvalue" in (report / "verdict.html").read_text()
+
+    again = subprocess.run(["dvc", "repro", "batch_landscapes"], cwd=tmp_path, env=stage_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("didn't change") == 2, again.stdout + again.stderr
+
+
+# ------------------------------------------------------------------------------ the verdict's arithmetic
+
+def brute_force_p(a, b) -> float:
+    """Two-sided permutation p of Spearman's ρ by listing every ordering (no ties)."""
+    def rho(x, y):
+        rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+        n = len(x)
+        return 1 - 6 * float(((rx - ry) ** 2).sum()) / (n * (n * n - 1))
+
+    observed = abs(rho(a, b))
+    values = [abs(rho(a, [b[i] for i in order])) for order in itertools.permutations(range(len(b)))]
+    return sum(v >= observed - 1e-12 for v in values) / len(values)
+
+
+def test_correlations_on_a_known_example():
+    # five batch sizes: depth rises with test error exactly; the trace follows it with two swaps (ρ = 0.8);
+    # flatness runs the other way; convex fraction is constant (no correlation defined)
+    rows = [
+        {"test_error": 0.10, "gap_acc": 0.05, "gap_loss": 0.30, "depth": 1.0, "flatness": 0.9,
+         "hessian_trace": 20.0, "convex_fraction": 0.5},
+        {"test_error": 0.12, "gap_acc": 0.04, "gap_loss": 0.20, "depth": 2.0, "flatness": 0.7,
+         "hessian_trace": 10.0, "convex_fraction": 0.5},
+        {"test_error": 0.15, "gap_acc": 0.03, "gap_loss": 0.25, "depth": 3.0, "flatness": 0.5,
+         "hessian_trace": 40.0, "convex_fraction": 0.5},
+        {"test_error": 0.20, "gap_acc": 0.02, "gap_loss": 0.10, "depth": 4.0, "flatness": 0.3,
+         "hessian_trace": 30.0, "convex_fraction": 0.5},
+        {"test_error": 0.30, "gap_acc": 0.01, "gap_loss": 0.05, "depth": 5.0, "flatness": 0.1,
+         "hessian_trace": 50.0, "convex_fraction": 0.5},
+    ]
+    table = correlation_table(rows, measures=["depth", "flatness", "hessian_trace", "convex_fraction"])
+    assert table["depth"]["test_error"]["spearman"] == pytest.approx(1.0)
+    assert table["depth"]["test_error"]["p_value"] == pytest.approx(2 / 120)  # identity and reversal
+    assert table["flatness"]["test_error"]["spearman"] == pytest.approx(-1.0)
+    assert table["depth"]["gap_acc"]["spearman"] == pytest.approx(-1.0)
+    # trace ranks [2, 1, 4, 3, 5]: ρ = 1 − 6·4/(5·24) = 0.8; |ρ| ≥ 0.8 for 16 of the 120 orderings
+    assert table["hessian_trace"]["test_error"]["spearman"] == pytest.approx(0.8)
+    assert table["hessian_trace"]["test_error"]["p_value"] == pytest.approx(16 / 120)
+    assert table["hessian_trace"]["test_error"]["p_value"] == pytest.approx(
+        brute_force_p([r["hessian_trace"] for r in rows], [r["test_error"] for r in rows]))
+    # gap_loss ranks [5, 3, 4, 2, 1] against depth [1..5]: Σd² = 16+1+1+4+16 = 38
+    gap_loss = [r["gap_loss"] for r in rows]
+    depth = [r["depth"] for r in rows]
+    assert table["depth"]["gap_loss"]["spearman"] == pytest.approx(1 - 6 * 38 / 120)
+    assert table["depth"]["gap_loss"]["p_value"] == pytest.approx(brute_force_p(depth, gap_loss))
+    assert math.isnan(table["convex_fraction"]["test_error"]["spearman"])
+    assert math.isnan(table["convex_fraction"]["test_error"]["p_value"])
+    assert table["depth"]["test_error"]["n"] == 5
+
+
+def test_missing_values_drop_pairs_and_large_samples_use_monte_carlo():
+    rows = [{"test_error": e, "gap_acc": 0.0, "gap_loss": 0.0, "depth": d}
+            for e, d in [(0.1, 1.0), (0.2, math.nan), (0.3, 3.0), (0.4, 4.0)]]
+    cell = correlation_table(rows, measures=["depth"], targets=["test_error"])["depth"]["test_error"]
+    assert cell["n"] == 3 and cell["spearman"] == pytest.approx(1.0) and cell["p_value"] == pytest.approx(2 / 6)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=12)
+    assert spearman_p_value(a, a + 0.01 * rng.normal(size=12), samples=2000) == pytest.approx(1 / 2001)
+    assert 0.05 < spearman_p_value(a, rng.normal(size=12), samples=2000) <= 1
+
+
+def test_gap_orientation_and_measure_selection():
+    assert generalization_gap(train_acc=0.95, test_acc=0.90, train_loss=0.1, test_loss=0.3) == pytest.approx(
+        {"gap_acc": 0.05, "gap_loss": 0.2})
+    shape = {"depth": 3.0, "flatness": 0.2, "centre_curvature_mean": 7.0, "convex_fraction": 0.9, "other": 1}
+    hessian = {"hessian_top_eigenvalue": 50.0, "hessian_trace": 400.0, "hessian_trace_se": 9.0}
+    assert sharpness_measures(shape, hessian) == {
+        "depth": 3.0, "flatness": 0.2, "centre_curvature": 7.0, "convex_fraction": 0.9,
+        "hessian_top_eigenvalue": 50.0, "hessian_trace": 400.0}
+    assert list(sharpness_measures(shape, hessian)) == list(SHARPNESS_MEASURES)

@@ -1,0 +1,173 @@
+"""The `batch_sweep` stage on a real Optuna journal file and a real SQLite MLflow store: a sweep killed
+(SIGKILL) in the middle of its second trial and started again trains only what is left, resuming the
+killed trial from its checkpoint; a TPE study with a pruner; changed params never reuse an old study."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from helpers_batch import (
+    EPOCHS,
+    REPO,
+    assert_self_contained,
+    make_project,
+    mlflow_client,
+    run_stage,
+    stage_command,
+    stage_env,
+    tiny_params,
+)
+from optuna.trial import TrialState
+
+from lossviz.params import parse_params
+from pipelines import batch_sweep as sweep
+
+
+def load_study(root, name=None):
+    storage = sweep.open_storage(str(root / sweep.JOURNAL_PATH), root)
+    name = name or json.loads((root / sweep.STUDY_INFO_PATH).read_text())["study"]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_killed_sweep_restarts_without_repeating_a_trial(tmp_path):
+    grid = [32, 8, 128]  # the killed trial (the second) is the slowest, batch 8
+    make_project(tmp_path, tiny_params(batch_sizes=grid), stages=(), dvc=False)
+    process = subprocess.Popen(stage_command("batch_sweep"), cwd=REPO, env={**stage_env(), "DVC_ROOT": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "trial 1 batch 8 epoch 1/" in line:  # printed once epoch 1's checkpoint is written
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert any("trial 0 batch 32 done" in line for line in seen), "".join(seen)
+    assert process.returncode == -signal.SIGKILL
+
+    study_name = sweep.derived_study_name(sweep.sweep_settings(parse_params(tiny_params(batch_sizes=grid)), tmp_path))
+    study = load_study(tmp_path, study_name)
+    assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.COMPLETE), (1, TrialState.RUNNING),
+                                                            (2, TrialState.WAITING)]
+    assert (tmp_path / "models/batch_sweep/bs_00032/model.pt").is_file()
+    assert (tmp_path / "tmp/batch_sweep" / study_name / "bs_00008.pt").is_file()  # the killed trial's checkpoint
+
+    again = run_stage(tmp_path, "batch_sweep")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "trial 0 " not in again.stdout and "batch 32 epoch" not in again.stdout  # never retrained
+    assert "marked FAIL" in again.stdout
+    assert "batch 8 epoch 1/3 (replayed)" in again.stdout and "batch 8 epoch 2/3 val" in again.stdout
+
+    study = load_study(tmp_path, study_name)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.params["batch_size"] for t in complete) == sorted(grid)  # each point exactly once
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]
+    retry = next(t for t in complete if t.params["batch_size"] == 8)
+    assert retry.number == 3 and retry.user_attrs["lossviz.result"]["resumed_from_epoch"] == 1
+    assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
+    summary = json.loads((tmp_path / sweep.SUMMARY_PATH).read_text())
+    assert [t["batch_size"] for t in summary["trials"]] == sorted(grid)
+    assert summary["trial_states"]["COMPLETE"] == 3 and summary["trial_states"]["FAIL"] == 1
+    assert not list((tmp_path / "tmp/batch_sweep" / study_name).glob("*.pt"))  # resume files go when done
+
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("batch_sweep")
+    parent = study.user_attrs[sweep.PARENT_ATTR]
+    children = client.search_runs([experiment.experiment_id], "tags.`lossviz.role` = 'trial'")
+    assert sorted((r.data.tags["lossviz.batch_size"], r.info.status) for r in children) == [
+        ("128", "FINISHED"), ("32", "FINISHED"), ("8", "FINISHED"), ("8", "KILLED")]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent}
+    retried_run = client.get_run(retry.user_attrs["lossviz.mlflow_run_id"])
+    assert retried_run.data.tags["resumed_from_epoch"] == "1"
+    history = client.get_metric_history(retried_run.info.run_id, "val_acc")
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))  # replayed epochs logged too
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """The in-process MLflow store of a temporary project, restored afterwards."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    previous = mlflow.get_tracking_uri()
+    yield tmp_path
+    mlflow.set_tracking_uri(previous)
+
+
+def test_tpe_study_with_pruner_in_process(tracking):
+    root = tracking
+    params = parse_params(tiny_params(sampler="tpe", log2_batch_size_min=3, log2_batch_size_max=6, n_trials=4,
+                                      pruner="median", epochs=2))
+    make_project(root, params.model_dump(), stages=(), dvc=False)
+    settings = sweep.sweep_settings(params, root)
+    name = sweep.derived_study_name(settings)
+    url = str(root / sweep.JOURNAL_PATH)
+    sweep.ensure_store(root)
+    sweep.setup_study(url, name, settings, n_trials=4, root=root)
+    assert sweep.run_sweep_worker(url, name, root, device="cpu", progress=False, max_trials=1) == [0]
+    ran = sweep.run_sweep_worker(url, name, root, device="cpu", progress=False)
+    assert ran == [1, 2, 3]
+    assert sweep.run_sweep_worker(url, name, root, device="cpu", progress=False) == []  # budget spent
+    study = load_study(root, name)
+    assert len(study.trials) == 4
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    for trial in study.trials:
+        assert 3 <= trial.params["log2_batch_size"] <= 6
+        assert trial.user_attrs["lossviz.batch_size"] == 2 ** trial.params["log2_batch_size"]
+        assert 1 <= len(trial.intermediate_values) <= 2  # val accuracy reported every epoch
+    summary = sweep.finalize(sweep.load_sweep_study(url, name, root)[0], settings, url, root)
+    assert summary["sampler"] == "tpe" and summary["trials"]
+    pages = sorted(page.name for page in (root / "reports/batch_sweep").glob("*.html"))
+    assert pages == ["history.html", "index.html", "intermediate_values.html", "slice.html"]
+    for name in ("history.html", "intermediate_values.html", "slice.html"):
+        assert_self_contained(root / "reports/batch_sweep" / name)
+
+
+def test_changed_params_never_reuse_a_study(tracking):
+    root = tracking
+    base = parse_params(tiny_params())
+    make_project(root, base.model_dump(), stages=(), dvc=False)
+    other = parse_params(tiny_params(lr=0.01))
+    first, second = sweep.sweep_settings(base, root), sweep.sweep_settings(other, root)
+    assert sweep.derived_study_name(first) != sweep.derived_study_name(second)
+    assert sweep.derived_study_name(first) == sweep.derived_study_name(sweep.sweep_settings(base, root))
+    url = str(root / sweep.JOURNAL_PATH)
+    sweep.ensure_store(root)
+    study = sweep.setup_study(url, "mine", first, n_trials=1, root=root)
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 3  # the grid, queued once
+    sweep.setup_study(url, "mine", first, n_trials=1, root=root)  # same settings: loaded, not re-queued
+    assert len(load_study(root, "mine").trials) == 3
+    with pytest.raises(sweep.SweepError, match=r"other settings \(differ: train.lr\)"):
+        sweep.setup_study(url, "mine", second, n_trials=1, root=root)
+
+
+def test_bad_params_stop_the_stage_before_any_output(tmp_path):
+    make_project(tmp_path, tiny_params(batch_sizes=[8, 1000]), stages=(), dvc=False)
+    run = run_stage(tmp_path, "batch_sweep")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "batch_sweep.batch_sizes: batch sizes [1000] exceed the 300 training examples" in run.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "mlruns").exists()
+    params = tiny_params()
+    params["batch_sweep"]["sampler"] = "random"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = run_stage(tmp_path, "batch_sweep")
+    assert run.returncode == 2 and "batch_sweep.sampler: got 'random'" in run.stderr, run.stderr
+
+
+def test_storage_url_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    assert sweep.storage_url(parse_params(tiny_params()), tmp_path) == str(tmp_path / "studies/batch_sweep/journal.log")
+    params = parse_params(tiny_params(storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert sweep.storage_url(params, tmp_path) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert isinstance(sweep.open_storage(sweep.storage_url(params, tmp_path)), optuna.storages.RDBStorage)
+    monkeypatch.setenv(sweep.STORAGE_ENV, "postgresql://me:secret@db:5432/optuna")
+    assert sweep.storage_url(params, tmp_path) == "postgresql://me:secret@db:5432/optuna"
+    assert sweep.redact(sweep.storage_url(params, tmp_path)) == "postgresql://me:***@db:5432/optuna"
