@@ -91,6 +91,8 @@ class SampleSizeParams(Section):
     auto_candidates: list[int] = Field(default=[10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
                                        min_length=1)
     auto_pilot_points: int = Field(default=7, ge=2)
+    timing_points: int = Field(default=12, ge=0)
+    timing_rounds: int = Field(default=3, ge=1)
 
     @field_validator("n_examples")
     @classmethod

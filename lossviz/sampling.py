@@ -18,6 +18,7 @@ examples to a smaller one.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from lossviz.directions import Directions
-from lossviz.engine import LossFn, compute_surface, cross_entropy_per_example
+from lossviz.engine import LossFn, compute_surface, cross_entropy_per_example, make_evaluator, select_examples
 from lossviz.metrics import default_clip_radius
 from lossviz.stats import surface_fidelity
 from lossviz.surface import Surface, outside_radius
@@ -194,26 +195,36 @@ def adaptive_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
 # -- the sample-size study --------------------------------------------------------------------------------
 STUDY_KEYS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "mean_loss_se", "mean_ln_loss_se",
-              "max_ln_loss_se", "seconds", "speedup")
+              "max_ln_loss_se", "seconds", "speedup", "cpu_seconds", "cpu_speedup", "point_seconds", "point_speedup")
 
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator) / float(denominator) if denominator > 0 else None
+
+
 def compare_sample_sizes(surfaces: Mapping[int, Surface], seconds: Mapping[int, float],
-                         clip_radius: float | None = None) -> list[dict[str, Any]]:
+                         clip_radius: float | None = None,
+                         cpu_seconds: Mapping[int, float] | None = None,
+                         point_seconds: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
     """One row per surface, smallest n first, each compared with the surface of the largest n (the reference):
     `surface_fidelity` (Pearson and RMSE of ln(loss), distance between the argmins), the mean per-point
     standard error of the loss and of ln(loss), the worst standard error of ln(loss) inside the clip disk,
-    the wall time and the speed-up (reference time / this time). Keys are the numbers of examples the
-    surfaces used. Values that do not exist (a standard error from one example) are None.
+    the wall time and the speed-up (reference time / this time), and with `cpu_seconds` the same in process
+    CPU time (`cpu_seconds`, `cpu_speedup`), and with `point_seconds` (from `time_per_point`) the seconds per
+    point and the speed-up they give (`point_seconds`, `point_speedup`: the least disturbed by other work).
+    Keys are the numbers of examples the surfaces used. Values that do not exist (a standard error from one
+    example) are None.
 
     The surfaces must share their grid and directions: the study compares samples, nothing else."""
     if not surfaces:
         raise ValueError("compare_sample_sizes needs at least one surface")
-    if set(surfaces) != set(seconds):
-        raise ValueError(f"surfaces for n={sorted(surfaces)} but seconds for n={sorted(seconds)}")
+    for name, times in (("seconds", seconds), ("cpu_seconds", cpu_seconds), ("point_seconds", point_seconds)):
+        if times is not None and set(surfaces) != set(times):
+            raise ValueError(f"surfaces for n={sorted(surfaces)} but {name} for n={sorted(times)}")
     order = sorted(surfaces)
     reference_n = order[-1]
     reference = surfaces[reference_n]
@@ -239,9 +250,40 @@ def compare_sample_sizes(surfaces: Mapping[int, Surface], seconds: Mapping[int, 
             "mean_ln_loss_se": _finite_or_none(float(np.mean(ln_se))) if ln_se.size else None,
             "max_ln_loss_se": _finite_or_none(max_ln_loss_se(surface, clip_radius)),
             "seconds": float(seconds[n]),
-            "speedup": float(seconds[reference_n]) / float(seconds[n]) if seconds[n] > 0 else None,
+            "speedup": _ratio(seconds[reference_n], seconds[n]),
         })
+        for name, times in (("cpu", cpu_seconds), ("point", point_seconds)):
+            if times is not None:
+                rows[-1].update({f"{name}_seconds": float(times[n]),
+                                 f"{name}_speedup": _ratio(times[reference_n], times[n])})
     return rows
+
+
+def time_per_point(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
+                   ns: Sequence[int], alphas: Sequence[float], betas: Sequence[float], *, rounds: int = 3,
+                   seed: int = 0, loss_fn: LossFn = cross_entropy_per_example, batch_size: int | None = None,
+                   device: str | torch.device = "auto", method: str = "auto") -> dict[int, float]:
+    """Seconds per grid point at each n, measured as a benchmark: every evaluator is built first (not timed),
+    then `rounds` rounds each evaluate the same points (α, β) at every n in turn; the fastest round counts,
+    the one least disturbed by other work on the machine. The examples are the engine's seeded subsets."""
+    if rounds < 1 or not len(alphas):
+        raise ValueError("time_per_point needs at least one round and one point")
+    evaluators = {}
+    best = {n: math.inf for n in ns}
+    try:
+        for n in ns:
+            index = torch.from_numpy(select_examples(len(targets), n, seed))
+            evaluators[n] = make_evaluator(method, model, directions, inputs[index], targets[index], loss_fn,
+                                           batch_size, device)
+        for _ in range(rounds):
+            for n, evaluator in evaluators.items():
+                start = time.perf_counter()
+                evaluator.evaluate_many(alphas, betas)
+                best[n] = min(best[n], (time.perf_counter() - start) / len(alphas))
+    finally:
+        for evaluator in evaluators.values():
+            evaluator.close()
+    return best
 
 
 def sample_size_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Fidelity and speed-up vs number of "
@@ -262,6 +304,10 @@ def sample_size_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Fidel
                      row=1, col=1, secondary_y=False)
     figure.add_trace(go.Scatter(x=ns, y=series("speedup"), name="speed-up (× vs largest n)",
                                 line={"dash": "dot"}, **line), row=1, col=1, secondary_y=True)
+    for key, name in (("cpu_speedup", "speed-up in CPU time"), ("point_speedup", "speed-up per point (best round)")):
+        if any(row.get(key) is not None for row in rows):
+            figure.add_trace(go.Scatter(x=ns, y=series(key), name=name, line={"dash": "dashdot"}, **line),
+                             row=1, col=1, secondary_y=True)
     figure.add_trace(go.Scatter(x=ns, y=series("rmse_ln_loss"), name="RMSE of ln(loss)", **line), row=2, col=1)
     figure.add_trace(go.Scatter(x=ns, y=series("mean_ln_loss_se"), name="mean SE of ln(loss)", **line),
                      row=2, col=1)

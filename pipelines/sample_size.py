@@ -37,8 +37,14 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.plots import compare_figure, shape_metrics, write_html
 from lossviz.runtime import seed_everything
-from lossviz.sampling import AutoExamples, choose_n_examples, compare_sample_sizes, sample_size_figure
-from lossviz.surface import Surface
+from lossviz.sampling import (
+    AutoExamples,
+    choose_n_examples,
+    compare_sample_sizes,
+    sample_size_figure,
+    time_per_point,
+)
+from lossviz.surface import Surface, outside_radius
 from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
 from pipelines.tracking import stage_run
 
@@ -125,22 +131,31 @@ def _computed_points(path: Path) -> int:
     return int(np.isfinite(Surface.load(path).loss).sum()) if path.is_file() else 0
 
 
-def timed_surface(path: Path, timings: dict, n: int, compute) -> tuple[Surface, float]:
-    """The surface at `path` (computed or resumed by `compute()`) and its wall time: recorded once finished;
-    for a surface resumed mid-way, this run's time scaled to all its points."""
+def timed_surface(path: Path, timings: dict, n: int, compute) -> tuple[Surface, dict[str, float]]:
+    """The surface at `path` (computed or resumed by `compute()`) and its wall and process CPU times
+    ({"seconds", "cpu_seconds"}): recorded once finished; for a surface resumed mid-way, this run's times
+    scaled to all its points."""
     key = str(n)
     if path.is_file() and Surface.load(path).meta.get("complete"):
         if key in timings:
-            return Surface.load(path), float(timings[key])
+            return Surface.load(path), dict(timings[key])
         path.unlink()  # finished, but killed before its time was written: compute it again to time it
     before = _computed_points(path)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     surface = compute()
-    seconds = time.perf_counter() - start
+    times = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
     total = int(np.isfinite(surface.loss).sum())
     if 0 < before < total:
-        seconds *= total / (total - before)
-    return surface, seconds
+        times = {key: value * total / (total - before) for key, value in times.items()}
+    return surface, times
+
+
+def timing_points(axis: np.ndarray, clip_radius: float | None, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` grid points spread evenly over the computed part of the grid (inside the clip disk)."""
+    alpha, beta = (grid.ravel() for grid in np.meshgrid(axis, axis, indexing="xy"))
+    inside = np.ones(alpha.size, bool) if clip_radius is None else ~outside_radius(alpha, beta, clip_radius)
+    chosen = np.flatnonzero(inside)[np.unique(np.linspace(0, inside.sum() - 1, count).round().astype(int))]
+    return alpha[chosen], beta[chosen]
 
 
 def main() -> int:
@@ -193,14 +208,14 @@ def main() -> int:
         mlflow.log_params(used_params(params, study))
         mlflow.log_metrics({"grid_points": section.grid_points, "reference_n": max(section.n_examples),
                             "auto_tolerance": section.auto_tolerance, "test_examples": len(test)})
-        surfaces, seconds = {}, {}
+        surfaces, times = {}, {}
         for n in section.n_examples:
             path = work / surface_name(n)
             print(f"{STAGE}: surface with n={n} examples ({section.grid_points}×{section.grid_points})", flush=True)
-            surfaces[n], seconds[n] = timed_surface(path, timings, n, lambda n=n, path=path: compute_surface(
+            surfaces[n], times[n] = timed_surface(path, timings, n, lambda n=n, path=path: compute_surface(
                 model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
                 meta={**meta, "name": f"n = {n}"}, **engine_options))
-            timings[str(n)] = seconds[n]
+            timings[str(n)] = times[n]
             _write_json(timings_path, timings)
 
         auto_path = work / "auto.json"
@@ -215,7 +230,20 @@ def main() -> int:
                     "trials": {str(n): _finite(se) for n, se in choice.trials}}
             _write_json(auto_path, auto)
 
-        rows = compare_sample_sizes(surfaces, seconds, clip_radius)
+        point_path = work / "point_seconds.json"
+        point_seconds = {int(n): value for n, value in _read_json(point_path).items()}
+        if section.timing_points and not point_seconds:
+            print(f"{STAGE}: timing {section.timing_points} points at every n, {section.timing_rounds} rounds",
+                  flush=True)
+            alphas, betas = timing_points(axis, clip_radius, section.timing_points)
+            point_seconds = time_per_point(model, test.x, test.y, directions, section.n_examples, alphas, betas,
+                                           rounds=section.timing_rounds, seed=params.seed,
+                                           batch_size=section.batch_size, device=params.device,
+                                           method=section.method)
+            _write_json(point_path, {str(n): value for n, value in point_seconds.items()})
+        rows = compare_sample_sizes(surfaces, {n: t["seconds"] for n, t in times.items()}, clip_radius,
+                                    cpu_seconds={n: t["cpu_seconds"] for n, t in times.items()},
+                                    point_seconds=point_seconds or None)
         by_n = {row["n"]: row for row in rows}
         if auto["n"] in by_n:  # the achieved error of the chosen n on the whole grid
             auto["full_grid_max_ln_loss_se"] = by_n[auto["n"]]["max_ln_loss_se"]
@@ -255,7 +283,8 @@ def main() -> int:
     for row in rows:
         print(f"{STAGE}: n={row['n']:>6}: pearson ln(loss) {_fmt(row['pearson_ln_loss'])}, rmse "
               f"{_fmt(row['rmse_ln_loss'])}, argmin distance {_fmt(row['argmin_distance'])}, "
-              f"{row['seconds']:.2f} s, speed-up {_fmt(row['speedup'])}")
+              f"{row['seconds']:.2f} s, speed-up {_fmt(row['speedup'])} (CPU time: {_fmt(row['cpu_speedup'])}, "
+              f"per point, best round: {_fmt(row.get('point_speedup'))})")
     print(f"{STAGE}: auto at tolerance {auto['tolerance']:g}: n={auto['n']} (met: {auto['met']})")
     return 0
 

@@ -34,7 +34,8 @@ def tiny_params(**section) -> dict:
     params["train"].update(dataset="fashion_mnist", model="lenet5")
     params["sample_size"].update({"model": None, "dataset": None, "checkpoint": None, "n_examples": NS,
                                   "grid_points": 5, "extent": 1.0, "clip": True, "auto_tolerance": 0.2,
-                                  "auto_candidates": [5, 20, 60], "auto_pilot_points": 3, **section})
+                                  "auto_candidates": [5, 20, 60], "auto_pilot_points": 3, "timing_points": 3,
+                                  "timing_rounds": 2, **section})
     return params
 
 
@@ -94,7 +95,8 @@ def test_dvc_repro_sample_size_writes_every_output_and_the_mlflow_run(tmp_path):
     for n in NS:
         row = metrics["by_n"][str(n)]
         assert {"n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "mean_loss_se", "seconds",
-                "speedup"} <= set(row) and row["n"] == n and row["seconds"] > 0
+                "speedup", "cpu_seconds", "cpu_speedup", "point_seconds", "point_speedup"} <= set(row)
+        assert row["n"] == n and row["seconds"] > 0 and row["point_seconds"] > 0
     reference = metrics["by_n"]["60"]
     assert reference["pearson_ln_loss"] == pytest.approx(1) and reference["rmse_ln_loss"] == 0
     assert reference["speedup"] == 1 and metrics["by_n"]["1"]["mean_loss_se"] is None
@@ -182,7 +184,23 @@ def test_bad_params_stop_the_stage_before_any_output(tmp_path, section, message)
     assert not (tmp_path / "surfaces").exists() and not (tmp_path / "mlruns").exists()
 
 
-def test_resumed_surfaces_keep_or_scale_their_time(tmp_path):
+class FakeClock:
+    """perf_counter and process_time that advance by fixed steps per call: 10 s wall, 4 s CPU."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def perf_counter(self):
+        self.wall += 10.0
+        return self.wall
+
+    def process_time(self):
+        self.cpu += 4.0
+        return self.cpu
+
+
+def test_resumed_surfaces_keep_or_scale_their_time(tmp_path, monkeypatch):
+    import pipelines.sample_size as stage
     from lossviz.directions import random_directions
     from lossviz.engine import compute_surface
     from pipelines.sample_size import timed_surface
@@ -198,9 +216,31 @@ def test_resumed_surfaces_keep_or_scale_their_time(tmp_path):
         return compute_surface(model, inputs, targets, directions, axis, axis, n_examples=10, out=path,
                                progress=False)
 
-    surface, seconds = timed_surface(path, {}, 10, compute)
-    assert len(calls) == 1 and surface.meta["complete"] and seconds > 0
-    again, kept = timed_surface(path, {"10": 123.0}, 10, compute)  # finished and timed: nothing recomputed
-    assert len(calls) == 1 and kept == 123.0 and np.array_equal(again.loss, surface.loss)
+    surface, times = timed_surface(path, {}, 10, compute)
+    assert len(calls) == 1 and surface.meta["complete"] and times["seconds"] > 0 and times["cpu_seconds"] > 0
+    recorded = {"10": {"seconds": 123.0, "cpu_seconds": 200.0}}
+    again, kept = timed_surface(path, recorded, 10, compute)  # finished and timed: nothing recomputed
+    assert len(calls) == 1 and kept == recorded["10"] and np.array_equal(again.loss, surface.loss)
     _, retimed = timed_surface(path, {}, 10, compute)  # finished but its time lost: computed again
-    assert len(calls) == 2 and retimed < 100
+    assert len(calls) == 2 and retimed["seconds"] < 100
+    # Killed half-way: the next run times only the points it computes, and scales that to the whole surface.
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        status = handle["point_status"][...]
+        status.flat[: status.size // 2] = 0  # pending again
+        handle["point_status"][...] = status
+    monkeypatch.setattr(stage, "time", FakeClock())
+    _, scaled = timed_surface(path, {}, 10, compute)
+    assert len(calls) == 3 and Surface.load(path).meta["complete"]
+    assert scaled == {"seconds": 20.0, "cpu_seconds": 8.0}  # half the points took 10 s: the whole, 20 s
+
+
+def test_timing_points_spread_over_the_disk():
+    from pipelines.sample_size import timing_points
+
+    axis = np.linspace(-1, 1, 21)
+    alphas, betas = timing_points(axis, 1.0, 12)
+    assert len(alphas) == 12 and np.all(np.hypot(alphas, betas) <= 1)
+    assert len(set(zip(alphas, betas, strict=True))) == 12
+    assert betas.min() == -1 and betas.max() == 1  # from the first row of the disk to the last

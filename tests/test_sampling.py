@@ -42,7 +42,7 @@ def test_compare_sample_sizes_known_answers():
         10: synthetic(LN_REFERENCE + 0.3, 0.2, 10),           # ln(loss) off by 0.3 everywhere
         1: synthetic(upside_down, np.nan, 1),                  # one example: no standard error
     }
-    rows = compare_sample_sizes(surfaces, {1: 0.5, 10: 2.0, 100: 40.0})
+    rows = compare_sample_sizes(surfaces, {1: 0.5, 10: 2.0, 100: 40.0}, cpu_seconds={1: 1.0, 10: 2.0, 100: 8.0})
 
     assert [row["n"] for row in rows] == [1, 10, 100]
     one, ten, reference = rows
@@ -58,6 +58,7 @@ def test_compare_sample_sizes_known_answers():
     assert one["rmse_ln_loss"] == pytest.approx(np.sqrt(np.mean((3 - 2 * LN_REFERENCE) ** 2)))
     assert one["argmin_distance"] == pytest.approx(math.sqrt(2))
     assert one["mean_loss_se"] is None and one["max_ln_loss_se"] is None and one["speedup"] == pytest.approx(80)
+    assert [row["cpu_speedup"] for row in rows] == [8.0, 4.0, 1.0] and ten["cpu_seconds"] == 2.0
 
 
 def test_compare_sample_sizes_uses_only_computed_points():
@@ -186,3 +187,17 @@ def test_cli_examples_auto(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--examples", "lots", "--out", str(tmp_path / "x.h5")])
     assert "expected a positive integer or 'auto'" in capsys.readouterr().err
+
+
+def test_time_per_point_times_every_n_and_leaves_the_model_alone(tiny_problem):
+    from helpers_engine import assert_same_state, state_copy
+
+    from lossviz.sampling import time_per_point
+
+    model, inputs, targets, directions = tiny_problem
+    before = state_copy(model)
+    seconds = time_per_point(model, inputs, targets, directions, [2, 150], [0.0, 0.5], [0.0, -0.5], rounds=2)
+    assert set(seconds) == {2, 150} and all(0 < value < 10 for value in seconds.values())
+    assert_same_state(model, before)
+    with pytest.raises(ValueError, match="at least one round"):
+        time_per_point(model, inputs, targets, directions, [2], [0.0], [0.0], rounds=0)
