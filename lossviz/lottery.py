@@ -312,7 +312,8 @@ class Lottery:
         write_text_atomic(directory / "result.json", result.to_json())  # last: marks the level finished
 
     def _emit_end(self, kind: str, level: int, result: LevelResult, directory: Path, replayed: bool) -> None:
-        if replayed and self.callbacks.epoch:
+        # epochs not trained in this call (found finished, or shared with winning level 0) are replayed
+        if (replayed or result.shared_with) and self.callbacks.epoch:
             for record in result.history:
                 self.callbacks.epoch(kind, level, EpochRecord(**record), True)
         if self.callbacks.level_end:
@@ -407,3 +408,51 @@ def expected_remaining(sizes: Mapping[str, int], imp: IMPConfig) -> list[float]:
         raise ValueError("the exact schedule is defined for per-layer pruning; global pruning depends on "
                          "the weights")
     return remaining_fractions(dict(sizes), imp.rate, imp.levels - 1, imp.output_rate)
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+
+def lottery_figure(results: Mapping[str, Sequence[LevelResult]], *, title: str = "Lottery tickets"):
+    """The seed paper's Figure 5 on one plotly figure: test accuracy and the early-stop iteration against
+    the fraction of weights remaining for every kind (log x, dense to sparse), and each kind's per-level
+    test-accuracy curves by epoch (one colour per level, shared by the kinds)."""
+    from plotly.colors import sample_colorscale
+    from plotly.subplots import make_subplots
+
+    from lossviz.plots import epoch_curves_figure, escape, remaining_weights_figure
+
+    kinds = list(results)
+    label = {"winning": "winning (IMP)", "random": "random ticket"}
+    accuracy = remaining_weights_figure({label.get(k, k): ([r.remaining for r in results[k]],
+                                                           [100 * r.test_acc for r in results[k]]) for k in kinds})
+    stops = remaining_weights_figure({label.get(k, k): ([r.remaining for r in results[k]],
+                                                        [r.early_stop_iteration for r in results[k]]) for k in kinds},
+                                     metric="early-stop iteration")
+    levels = sorted({r.level for k in kinds for r in results[k]})
+    colours = dict(zip(levels, sample_colorscale("Viridis", [i / max(len(levels) - 1, 1) for i in range(len(levels))]),
+                       strict=True))
+    columns = max(len(kinds), 2)
+    figure = make_subplots(
+        rows=2, cols=columns, vertical_spacing=0.14,
+        subplot_titles=["test accuracy at the early-stop point", "early-stop iteration",
+                        *[f"{label.get(k, k)}: test accuracy by epoch" for k in kinds]])
+    for col, source in ((1, accuracy), (2, stops)):
+        for trace in source.data:
+            trace.update(legendgroup=trace.name, showlegend=col == 1)
+            figure.add_trace(trace, row=1, col=col)
+        figure.update_xaxes(type="log", autorange="reversed", title_text="weights remaining (%)", row=1, col=col)
+    figure.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
+    figure.update_yaxes(title_text="iteration", row=1, col=2)
+    for col, kind in enumerate(kinds, start=1):
+        curves = epoch_curves_figure({f"level {r.level} (P_m {100 * r.remaining:.1f}%)":
+                                      ([h["epoch"] for h in r.history], [100 * h["test_acc"] for h in r.history])
+                                      for r in results[kind]})
+        for result, trace in zip(results[kind], curves.data, strict=True):
+            trace.update(line={"color": colours[result.level]}, marker={"color": colours[result.level]},
+                         legendgroup=f"level {result.level}", showlegend=col == 1)
+            figure.add_trace(trace, row=2, col=col)
+        figure.update_xaxes(title_text="epoch", row=2, col=col)
+        figure.update_yaxes(title_text="test accuracy (%)", row=2, col=col)
+    figure.update_layout(title={"text": escape(title)}, height=900,
+                         meta={"lossviz": {"kind": "curves", "title": title}})
+    return figure

@@ -165,14 +165,76 @@ class BatchLandscapesParams(Section):
     method: Literal["auto", "naive", "fast", "vmap"] = "auto"
 
 
+class LotteryParams(Section):
+    """The `lottery` stage: iterative magnitude pruning with rewinding and random tickets (paper Fig 5)."""
+    dataset: DatasetName = "fashion_mnist"
+    model: ModelName = "lenet5"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=2e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=3, ge=1)                 # per level; the early-stop point is the min val loss
+    patience: int | None = Field(default=None, ge=1)     # stop a level after this many epochs without improvement
+    lr_plateau: bool = False
+    plateau_factor: float = Field(default=0.1, gt=0, lt=1)
+    plateau_patience: int = Field(default=5, ge=0)
+    max_train_examples: int | None = Field(default=10_000, ge=1)
+    train_eval_examples: int | None = Field(default=2000, ge=0)
+    levels: int = Field(default=9, ge=1)                 # trained levels, level 0 = dense
+    rate: float = Field(default=0.3, ge=0, lt=1)         # fraction of each layer's live weights pruned per level
+    output_rate: float | None = Field(default=None, ge=0, lt=1)
+    scope: Literal["layer", "global"] = "layer"
+    rewind_epoch: int = Field(default=0, ge=0)           # 0: rewind to θ0; e: to the dense run after epoch e
+    random_tickets: bool = True
+
+    @model_validator(mode="after")
+    def _rewind_within_epochs(self) -> LotteryParams:
+        if self.rewind_epoch > self.epochs:
+            raise ValueError(f"lottery.rewind_epoch={self.rewind_epoch} is above lottery.epochs={self.epochs}; "
+                             "allowed: 0 … epochs")
+        return self
+
+
+class LotteryLandscapesParams(Section):
+    """The `lottery_landscapes` stage: masked-direction surfaces of chosen levels (paper Figs 6-7)."""
+    levels: list[int] = Field(default=[0, 2, 4, 6, 8], min_length=1)  # each < lottery.levels
+    kinds: list[Literal["winning", "random"]] = Field(default=["winning", "random"], min_length=1)
+    grid_points: int = Field(default=21, ge=3)         # per axis, on [-extent, extent]²
+    extent: float = Field(default=1.0, gt=0)
+    clip: bool = True                                  # skip points outside the disk of radius extent
+    n_examples: int = Field(default=250, ge=1)         # seeded test examples, the same for every surface
+    direction_seed: int = Field(default=0, ge=0)       # the same for every ticket (masked per ticket)
+    norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
+    ignore: Literal["biasbn", "none"] = "biasbn"
+    shared_z: bool = False                             # one z range on the comparison pages
+    method: Literal["auto", "naive", "fast", "vmap"] = "auto"
+
+    @field_validator("levels")
+    @classmethod
+    def _distinct_levels(cls, value: list[int]) -> list[int]:
+        if any(n < 0 for n in value) or len(set(value)) != len(value):
+            raise ValueError("expected distinct levels >= 0")
+        return sorted(value)
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct_kinds(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("expected distinct kinds")
+        return value
+
+
 class Params(Section):
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
+    sample_size: SampleSizeParams = SampleSizeParams()
     batch_sweep: BatchSweepParams = BatchSweepParams()
     batch_landscapes: BatchLandscapesParams = BatchLandscapesParams()
-    sample_size: SampleSizeParams = SampleSizeParams()
+    lottery: LotteryParams = LotteryParams()
+    lottery_landscapes: LotteryLandscapesParams = LotteryLandscapesParams()
 
     @field_validator("device")
     @classmethod
