@@ -114,9 +114,9 @@ class BatchSweepParams(Section):
     dataset: DatasetName = "fashion_mnist"
     model: ModelName = "fashion_cnn"
     sampler: Literal["grid", "tpe"] = "grid"
-    batch_sizes: list[int] = Field(default=[16, 64, 256, 1024, 4096], min_length=1)  # grid
+    batch_sizes: list[int] = Field(default=[16, 64, 256, 1024, 4000], min_length=1)  # grid
     log2_batch_size_min: int = Field(default=1, ge=0, le=24)   # tpe: batch size = 2**k, k in [min, max]
-    log2_batch_size_max: int = Field(default=14, ge=0, le=24)
+    log2_batch_size_max: int = Field(default=11, ge=0, le=24)
     n_trials: int = Field(default=8, ge=1)                       # tpe only (the grid runs every point once)
     pruner: Literal["median", "none"] = "median"                # tpe only; the grid never prunes
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -129,8 +129,8 @@ class BatchSweepParams(Section):
     plateau_patience: int = Field(default=5, ge=0)
     early_stopping: bool = False
     patience: int | None = Field(default=None, ge=1)
-    max_train_examples: int | None = Field(default=5000, ge=1)
-    train_eval_examples: int | None = Field(default=5000, ge=0)
+    max_train_examples: int | None = Field(default=4000, ge=1)
+    train_eval_examples: int | None = Field(default=2000, ge=0)
     storage: str | None = None      # Optuna storage URL; None: the journal file studies/batch_sweep/
     study_name: str | None = None   # None: derived from a digest of everything that shapes the trials
 
@@ -161,7 +161,7 @@ class BatchLandscapesParams(Section):
     ignore: Literal["biasbn", "none"] = "biasbn"
     flat_tolerance: float = Field(default=0.1, gt=0)   # loss units, for the flatness measure
     hessian_iterations: int = Field(default=100, ge=1)  # power iteration cap
-    trace_samples: int = Field(default=20, ge=2)       # Hutchinson probes
+    trace_samples: int = Field(default=10, ge=2)       # Hutchinson probes
     method: Literal["auto", "naive", "fast", "vmap"] = "auto"
 
 

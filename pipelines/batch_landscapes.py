@@ -140,13 +140,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _rho(cell: dict[str, float]) -> str:
+    rho, p = cell["spearman"], cell["p_value"]
+    return "undefined (a constant side)" if math.isnan(rho) else f"{rho:+.2f} (p = {p:.3f})"
+
+
 ROW_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", *SHARPNESS_MEASURES)
 
 
 def verdict_figure(rows: list[dict[str, Any]], table: dict[str, dict[str, dict[str, float]]], title: str) -> go.Figure:
     """Two tables: one row per batch size; Spearman ρ (p) of each measure with each target."""
+    first, second = len(rows) + 1, len(table) + 1  # table lines, headers included
     figure = make_subplots(rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "table"}]],
-                           row_heights=[0.5, 0.5], vertical_spacing=0.06,
+                           row_heights=[first + 1.5, second + 1.5], vertical_spacing=0.08,
                            subplot_titles=["per batch size", "Spearman ρ (exact permutation p) across batch sizes"])
     figure.add_trace(go.Table(header={"values": list(ROW_COLUMNS), "fill": {"color": "#e8ecf4"}},
                               cells={"values": [[_fmt(row[key]) for row in rows] for key in ROW_COLUMNS]}),
@@ -156,10 +162,9 @@ def verdict_figure(rows: list[dict[str, Any]], table: dict[str, dict[str, dict[s
         header={"values": ["measure", "which way", *[f"vs {target}" for target in TARGETS]],
                 "fill": {"color": "#e8ecf4"}},
         cells={"values": [measures, [SHARPNESS_MEASURES[m][1] for m in measures],
-                          *[[f"{_fmt(table[m][t]['spearman'])} (p={_fmt(table[m][t]['p_value'])})"
-                             for m in measures] for t in TARGETS]]}),
+                          *[[_rho(table[m][t]) for m in measures] for t in TARGETS]]}),
         row=2, col=1)
-    figure.update_layout(title={"text": title}, height=260 + 30 * (len(rows) + len(measures)),
+    figure.update_layout(title={"text": title}, height=200 + 34 * (first + second),
                          margin={"l": 10, "r": 10, "t": 80, "b": 10})
     return figure
 
@@ -215,7 +220,7 @@ def main() -> int:
         shutil.copy2(work / name, surface_dir / name)
     pages = {row["batch_size"]: write_html(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
              for surface, row in zip(surfaces, rows, strict=True)}
-    table_metrics = [{key: row[key] for key in ("test_acc", "train_acc", "gap_acc", *SHARPNESS_MEASURES)}
+    table_metrics = [{key: row[key] for key in ("train_acc", "gap_acc", "gap_loss", *SHARPNESS_MEASURES)}
                      for row in rows]
     compare = write_html(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
                                         columns=min(len(surfaces), 5),

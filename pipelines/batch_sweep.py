@@ -22,9 +22,10 @@ a file lock (`tmp/batch_sweep/<study>/sweep.lock`), so no two workers enqueue or
 A worker holds an flock'd lease file per running trial; a RUNNING trial whose lease nobody holds belongs to
 a dead process: it is marked FAIL (its MLflow run KILLED), and every grid point left with no COMPLETE,
 RUNNING or WAITING trial is enqueued again (GridSampler counts FAILED trials as visited, so it would never
-revisit it). The retry resumes from the point's training checkpoint (`tmp/batch_sweep/<study>/bs_*.pt`,
-written after every epoch), not from scratch. Workers on other machines must share `tmp/` (a shared disk);
-with PostgreSQL across machines, replace `sweep_lock` and the leases by database locks and heartbeats.
+revisit it). The retry resumes from the point's training checkpoint (`tmp/batch_sweep/<study>/bs_*.pt`;
+`trial-*.pt` for TPE; written after every epoch), not from scratch. Workers on other machines must share
+`tmp/` (a shared disk); with PostgreSQL across machines, replace `sweep_lock` and the leases by database
+locks and heartbeats.
 
 Outputs (DVC): `models/batch_sweep/bs_XXXXX/model.pt` (+ trial.json) per completed batch size and
 `models/batch_sweep/sweep.json` (persisted, like the journal), `reports/batch_sweep/` (Optuna's history,
@@ -83,6 +84,7 @@ SETTINGS_ATTR, N_TRIALS_ATTR, PARENT_ATTR = "lossviz.settings", "lossviz.n_trial
 # Optuna trial user attrs
 BATCH_ATTR, RUN_ATTR, LEASE_ATTR, RESULT_ATTR = ("lossviz.batch_size", "lossviz.mlflow_run_id", "lossviz.lease",
                                                  "lossviz.result")
+WORKER_ATTR, RESUME_ATTR = "lossviz.worker", "lossviz.resume_file"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -230,15 +232,33 @@ def _point_params(settings: dict[str, Any], batch_size: int) -> dict[str, int]:
             else {"log2_batch_size": int(math.log2(batch_size))})
 
 
+def _dead_here(worker: str) -> bool:
+    """True when `worker` ("host:pid") ran on this host and that process is gone."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def recover_stale_trials(study: optuna.Study, directory: Path, log=print) -> list[int]:
-    """Mark FAIL every RUNNING trial whose worker is gone (its lease file exists here and nobody holds it,
-    or it has no lease yet: leases are taken under the sweep lock, which the caller holds), and set its
-    MLflow run KILLED. Trials leased on a machine that does not share this directory are left alone."""
+    """Mark FAIL every RUNNING trial whose worker is gone (its lease file exists here and nobody holds it;
+    its lease file is missing and its process on this host is dead; or it has no lease yet: leases are
+    taken under the sweep lock, which the caller holds), and set its MLflow run KILLED. Trials leased on a
+    machine that does not share this directory are left alone."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         lease = trial.user_attrs.get(LEASE_ATTR)
-        if lease is not None and (not (directory / lease).exists() or Lease.is_held(directory / lease)):
-            continue
+        if lease is not None and (directory / lease).exists():
+            if Lease.is_held(directory / lease):
+                continue
+        elif lease is not None and not _dead_here(trial.user_attrs.get(WORKER_ATTR, "")):
+            continue  # leased where this directory is not shared: another machine's to judge
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         failed.append(trial.number)
         run_id = trial.user_attrs.get(RUN_ATTR)
@@ -264,7 +284,12 @@ def queue_missing_points(study: optuna.Study, settings: dict[str, Any]) -> list[
                                     if t.state == TrialState.FAIL and trial_batch_size(t) is not None))
     missing = [size for size in wanted if size not in covered]
     for size in missing:
-        study.enqueue_trial(_point_params(settings, size), user_attrs={BATCH_ATTR: size})
+        # a retry resumes its point's training checkpoint: the grid's is named by the batch size, a TPE
+        # trial's by the trial that first ran it
+        failed = [t for t in trials if t.state == TrialState.FAIL and trial_batch_size(t) == size]
+        resume = failed[-1].user_attrs.get(RESUME_ATTR) if failed else None
+        study.enqueue_trial(_point_params(settings, size), user_attrs={
+            BATCH_ATTR: size, RESUME_ATTR: resume or f"bs_{size:05d}.pt"})
     return missing
 
 
@@ -286,8 +311,8 @@ def claim_trial(study: optuna.Study, settings: dict[str, Any], directory: Path,
             return None
         trial = study.ask()
         lease = Lease(directory / f"trial-{trial.number:05d}.lease")
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr(LEASE_ATTR, lease.path.name)
-        trial.set_user_attr("lossviz.worker", f"{socket.gethostname()}:{os.getpid()}")
         return trial, lease
 
 
@@ -346,7 +371,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
     trial.set_user_attr(BATCH_ATTR, batch_size)
     config = TrainConfig(batch_size=batch_size, seed=settings["seed"], device=device, progress=progress,
                          **settings["train"])
-    resume = directory / f"bs_{batch_size:05d}.pt"
+    if RESUME_ATTR not in trial.user_attrs:  # a new TPE trial: its own file (another may share its size)
+        trial.set_user_attr(RESUME_ATTR, f"trial-{trial.number:05d}.pt")
+    resume = directory / trial.user_attrs[RESUME_ATTR]
     seed_everything(settings["seed"])
     model = build_model(settings["model"], splits.input_shape, splits.num_classes)
     epochs = settings["train"]["epochs"]

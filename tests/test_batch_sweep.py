@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 
 import mlflow
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from helpers_batch import (
     EPOCHS,
+    GRID,
     REPO,
     assert_self_contained,
     make_project,
@@ -171,3 +173,35 @@ def test_storage_url_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(sweep.STORAGE_ENV, "postgresql://me:secret@db:5432/optuna")
     assert sweep.storage_url(params, tmp_path) == "postgresql://me:secret@db:5432/optuna"
     assert sweep.redact(sweep.storage_url(params, tmp_path)) == "postgresql://me:***@db:5432/optuna"
+
+
+def test_only_trials_of_dead_workers_are_recovered(tracking):
+    root = tracking
+    params = parse_params(tiny_params())
+    make_project(root, params.model_dump(), stages=(), dvc=False)
+    settings, url = sweep.sweep_settings(params, root), str(root / sweep.JOURNAL_PATH)
+    sweep.ensure_store(root)
+    sweep.setup_study(url, "s", settings, n_trials=1, root=root)
+    study, _ = sweep.load_sweep_study(url, "s", root)
+    directory = sweep.state_dir(root, "s")
+    first, first_lease = sweep.claim_trial(study, settings, directory)
+    assert sweep.recover_stale_trials(study, directory) == []  # its worker holds the lease
+    second, second_lease = sweep.claim_trial(study, settings, directory)
+    assert (first.number, second.number) == (0, 1)  # the next point, never the running one
+    first_lease._handle.close()  # the worker dies: the OS drops its flock, the file stays
+    assert sweep.recover_stale_trials(study, directory) == [0]
+    assert sweep.queue_missing_points(study, settings) == [GRID[0]]
+    assert sweep.queue_missing_points(study, settings) == []  # queued once
+
+    second_lease._handle.close()
+    second_lease.path.unlink()  # no lease file here: leased on a machine not sharing this directory
+    second.set_user_attr(sweep.WORKER_ATTR, "another-host:1")
+    assert sweep.recover_stale_trials(study, directory) == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    second.set_user_attr(sweep.WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}")  # this host, process gone
+    assert sweep.recover_stale_trials(study, directory) == [1]
+    third, _ = sweep.claim_trial(study, settings, directory)  # the queue first: 128, then the retries 8, 32
+    assert [third.number, third.params.get("batch_size", study.trials[third.number].user_attrs[sweep.BATCH_ATTR])] \
+        == [2, 128]
+    assert [t.user_attrs[sweep.BATCH_ATTR] for t in study.get_trials(states=(TrialState.WAITING,))] == [8, 32]
