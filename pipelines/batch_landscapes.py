@@ -164,7 +164,7 @@ def verdict_figure(rows: list[dict[str, Any]], table: dict[str, dict[str, dict[s
         cells={"values": [measures, [SHARPNESS_MEASURES[m][1] for m in measures],
                           *[[_rho(table[m][t]) for m in measures] for t in TARGETS]]}),
         row=2, col=1)
-    figure.update_layout(title={"text": title}, height=200 + 34 * (first + second),
+    figure.update_layout(title={"text": title}, height=150 + 25 * (first + second + 3),
                          margin={"l": 10, "r": 10, "t": 80, "b": 10})
     return figure
 
