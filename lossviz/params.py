@@ -179,10 +179,10 @@ class LotteryParams(Section):
     lr_plateau: bool = False
     plateau_factor: float = Field(default=0.1, gt=0, lt=1)
     plateau_patience: int = Field(default=5, ge=0)
-    max_train_examples: int | None = Field(default=10_000, ge=1)
-    train_eval_examples: int | None = Field(default=2000, ge=0)
-    levels: int = Field(default=9, ge=1)                 # trained levels, level 0 = dense
-    rate: float = Field(default=0.3, ge=0, lt=1)         # fraction of each layer's live weights pruned per level
+    max_train_examples: int | None = Field(default=8000, ge=1)
+    train_eval_examples: int | None = Field(default=1000, ge=0)
+    levels: int = Field(default=7, ge=1)                 # trained levels, level 0 = dense
+    rate: float = Field(default=0.35, ge=0, lt=1)        # fraction of each layer's live weights pruned per level
     output_rate: float | None = Field(default=None, ge=0, lt=1)
     scope: Literal["layer", "global"] = "layer"
     rewind_epoch: int = Field(default=0, ge=0)           # 0: rewind to θ0; e: to the dense run after epoch e
@@ -198,9 +198,9 @@ class LotteryParams(Section):
 
 class LotteryLandscapesParams(Section):
     """The `lottery_landscapes` stage: masked-direction surfaces of chosen levels (paper Figs 6-7)."""
-    levels: list[int] = Field(default=[0, 2, 4, 6, 8], min_length=1)  # each < lottery.levels
+    levels: list[int] = Field(default=[0, 2, 4, 6], min_length=1)  # each < lottery.levels
     kinds: list[Literal["winning", "random"]] = Field(default=["winning", "random"], min_length=1)
-    grid_points: int = Field(default=21, ge=3)         # per axis, on [-extent, extent]²
+    grid_points: int = Field(default=15, ge=3)         # per axis, on [-extent, extent]²
     extent: float = Field(default=1.0, gt=0)
     clip: bool = True                                  # skip points outside the disk of radius extent
     n_examples: int = Field(default=250, ge=1)         # seeded test examples, the same for every surface
