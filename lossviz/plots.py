@@ -601,8 +601,9 @@ def page_info(path: Path) -> tuple[str, str]:
 
 
 def write_gallery(directory: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                  title: str | None = None) -> Path:
-    """Write an index page linking every .html file under `directory` (kind, title, size) and return it."""
+                  title: str | None = None, summary: Sequence[Sequence[str]] = ()) -> Path:
+    """Write an index page linking every .html file under `directory` (kind, title, size) and return it.
+    `summary` rows (claim, the paper's figure, ours) make a table above the links."""
     directory = Path(directory)
     out = Path(out) if out is not None else directory / "index.html"
     rows = []
@@ -614,7 +615,10 @@ def write_gallery(directory: str | os.PathLike, out: str | os.PathLike | None = 
         rows.append(f"<tr><td><a href=\"{escape(href)}\">{escape(page.relative_to(directory))}</a></td>"
                     f"<td>{escape(kind)}</td><td>{escape(page_title)}</td>"
                     f"<td>{page.stat().st_size / 1e6:.1f} MB</td></tr>")
-    body = ("<table class=\"gallery\"><thead><tr><th>figure</th><th>kind</th><th>title</th><th>size</th>"
+    claims = "".join(f"<tr>{''.join(f'<td>{escape(cell)}</td>' for cell in row)}</tr>\n" for row in summary)
+    body = ("<table class=\"gallery claims\"><thead><tr><th>claim</th><th>the paper</th><th>measured here</th>"
+            f"</tr></thead><tbody>\n{claims}</tbody></table>\n" if summary else "")
+    body += ("<table class=\"gallery\"><thead><tr><th>figure</th><th>kind</th><th>title</th><th>size</th>"
             "</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
             + ("" if rows else "<p>No figures here yet.</p>"))
     out.parent.mkdir(parents=True, exist_ok=True)
