@@ -296,6 +296,17 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ParamsError(source, format_errors(error)) from None
 
 
+def merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, section by section (nested mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():

@@ -63,3 +63,39 @@ def test_missing_and_malformed_files(tmp_path):
     assert result.returncode != 0 and "not valid YAML" in result.stderr
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     assert "expected a mapping" in run_check(tmp_path / "list.yaml").stderr
+
+
+def run_apply(preset, params_file) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lossviz.cli", "params", "apply", str(preset),
+                           "--params", str(params_file)], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_paper_preset_applies_keeping_comments_and_other_keys(tmp_path):
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    before = yaml.safe_load(target.read_text())
+    result = run_apply(REPO_ROOT / "presets" / "paper.yaml", target)
+    assert result.returncode == 0, result.stderr
+    after = yaml.safe_load(target.read_text())
+    preset = yaml.safe_load((REPO_ROOT / "presets" / "paper.yaml").read_text())
+    assert after["batch_sweep"]["batch_sizes"] == [2, 16, 160, 1600, 16000]
+    assert after["lottery"]["levels"] == 35 and after["lottery"]["rate"] == 0.1
+    for section, values in before.items():  # every key the preset does not name is untouched
+        if isinstance(values, dict):
+            untouched = {k: v for k, v in values.items() if k not in preset.get(section, {})}
+            assert {k: after[section][k] for k in untouched} == untouched
+    text = target.read_text()
+    assert "# the paper: 40" in text and "max_train_examples: null" in text
+    assert "batch_sizes: [2, 16, 160, 1600, 16000]" in text  # lists stay on one line
+    assert run_check(target).returncode == 0
+
+
+def test_a_bad_preset_writes_nothing(tmp_path):
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    original = target.read_text()
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("lottery:\n  levles: 3\n")
+    result = run_apply(preset, target)
+    assert result.returncode != 0 and "lottery.levles" in result.stderr
+    assert target.read_text() == original
