@@ -1,0 +1,226 @@
+"""The user's day, end to end, on the real pipeline with tiny params: `dvc repro` in a fresh git + DVC
+project, a no-op second run, `dvc push` and a second clone's `dvc pull` restoring identical files,
+`dvc exp run -S` tagging its MLflow runs, and the MLflow server answering REST calls and rendering the
+runs in a real browser."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, write_fashion_mnist_like
+from tests.helpers_browser import Browser
+
+BIN = Path(sys.executable).parent
+STAGES = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "DVC_STAGE",
+                                                                "DVC_EXP_NAME")}
+    clean.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", LOSSVIZ_THREADS="1",
+                 GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+                 PATH=f"{BIN}{os.pathsep}{clean.get('PATH', '')}")
+    return clean
+
+
+def run(command: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def tiny_params(raw_dir: Path) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params.update(seed=3, device="cpu")
+    params["data"].update(datasets=["fashion_mnist"], fashion_mnist_dir=str(raw_dir), download=False,
+                          verify_checksums=False, val_size=100)
+    params["train"].update(model="lenet5", epochs=1, batch_size=50, train_eval_examples=100)
+    params["sample_size"].update(n_examples=[5, 20, 60], grid_points=5, auto_candidates=[5, 20, 60],
+                                 auto_tolerance=0.5, auto_pilot_points=3, timing_points=2, timing_rounds=1)
+    params["batch_sweep"].update(batch_sizes=[25, 100], epochs=1, max_train_examples=None,
+                                 train_eval_examples=100)
+    params["batch_landscapes"].update(grid_points=5, n_examples=40, trace_samples=2, hessian_iterations=5)
+    params["lottery"].update(epochs=1, batch_size=50, levels=2, rate=0.5, max_train_examples=None,
+                             train_eval_examples=100)
+    params["lottery_landscapes"].update(levels=[0, 1], grid_points=5, n_examples=40)
+    return params
+
+
+def output_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file of every DVC output (what `dvc pull` must restore)."""
+    digests = {}
+    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
+        for out in stage.get("outs", []):
+            path = root / (out if isinstance(out, str) else next(iter(out)))
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                digests[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh clone-like project (git + DVC, a local remote) after a full `dvc repro` on tiny params."""
+    base = tmp_path_factory.mktemp("e2e")
+    root = base / "project"
+    root.mkdir()
+    for name in ("lossviz", "pipelines"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    (root / "mlruns").mkdir()
+    raw = write_fashion_mnist_like(base / "raw", n_train=600, n_test=200)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(raw), sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(base / "remote")], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "project"], root)
+    started = time.perf_counter()
+    first = run([str(BIN / "dvc"), "repro"], root)
+    root.joinpath("repro.log").write_text(first.stdout + first.stderr + f"\n{time.perf_counter() - started:.1f} s")
+    return root
+
+
+def test_repro_runs_every_stage_and_a_second_repro_is_a_noop(project):
+    log = (project / "repro.log").read_text()
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log, stage
+    index = (project / "reports" / "index.html").read_text()
+    assert "measured here" in index and "sample_size/compare.html" in index
+    assert "lottery_landscapes/figure5.html" in index and "batch_landscapes/compare.html" in index
+    started = time.perf_counter()
+    second = run([str(BIN / "dvc"), "repro"], project)
+    assert "Running stage" not in second.stdout
+    assert time.perf_counter() - started < 30
+    status = run([str(BIN / "dvc"), "status"], project)
+    assert "up to date" in status.stdout
+
+
+def test_push_then_pull_in_a_new_clone_restores_identical_outputs(project, tmp_path):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "outputs"], project)
+    run([str(BIN / "dvc"), "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "models" / "train" / "model.pt").exists()
+    run([str(BIN / "dvc"), "pull"], clone)
+    original, pulled = output_digests(project), output_digests(clone)
+    assert len(original) > 40 and "models/train/model.pt" in original
+    assert any(path.startswith("models/lottery/winning/level_01/") for path in original)
+    assert pulled == original
+    status = run([str(BIN / "dvc"), "status"], clone)
+    assert "up to date" in status.stdout
+
+
+def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
+    result = run([str(BIN / "dvc"), "exp", "run", "-n", "longer-train", "-S", "train.epochs=2"], project)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "sample_size", "report"}
+    import sqlite3
+
+    rows = sqlite3.connect(project / "mlruns" / "mlflow.db").execute(
+        "select value from tags where key = 'dvc.exp'").fetchall()
+    assert ("longer-train",) in rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(project):
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=project, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_server_serves_experiments_nested_runs_and_surface_pages(mlflow_server):
+    experiments = api(mlflow_server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+    by_name = {e["name"]: e["experiment_id"] for e in experiments}
+    assert {"train", "sample_size", "batch_sweep", "lottery"} <= set(by_name)
+    runs = api(mlflow_server, "/api/2.0/mlflow/runs/search",
+               {"experiment_ids": [by_name["batch_sweep"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    children = [(r, t) for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" in t]
+    parents = {r["info"]["run_id"] for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t}
+    assert len(children) == 2 and all(t["mlflow.parentRunId"] in parents for _, t in children)
+    metrics = {m["key"]: m["value"] for m in children[0][0]["data"]["metrics"]}
+    assert "batch_size" in metrics and "test_acc" in metrics
+    pages = []
+    for run_info, _ in children:
+        run_id = run_info["info"]["run_id"]
+        listing = api(mlflow_server, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+        stack = [f["path"] for f in listing.get("files", [])]
+        while stack:
+            path = stack.pop()
+            if path.endswith(".html"):
+                pages.append((run_id, path))
+            elif "." not in path.rsplit("/", 1)[-1]:
+                inner = api(mlflow_server, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}"
+                                           f"&path={urllib.parse.quote(path)}")
+                stack += [f["path"] for f in inner.get("files", [])]
+    assert pages, "no surface page logged to the trial runs"
+    run_id, path = pages[0]
+    query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+    with urllib.request.urlopen(f"{mlflow_server}/get-artifact?{query}", timeout=30) as response:
+        page = response.read().decode()
+    assert "<!DOCTYPE html>" in page and "Plotly" in page
+    assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", page)  # plotly.js inlined, no CDN
+
+
+def test_mlflow_ui_renders_the_run_names_in_a_browser(mlflow_server):
+    experiments = api(mlflow_server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "lottery")
+    runs = api(mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    names = {r["info"]["run_name"] for r in runs}
+    parent_names = {r["info"]["run_name"] for r in runs
+                    if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))}
+    assert parent_names
+    with Browser() as browser:
+        page = browser.new_page()
+        # MLflow 3 opens the GenAI view by default; the runs table is the "machine learning" workflow.
+        page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        expression = " && ".join(f"document.body.innerText.includes({json.dumps(name)})" for name in parent_names)
+        assert page.wait_for(expression, timeout=90), f"run names {parent_names} not rendered"
+        text = page.evaluate("document.body.innerText")
+    assert any(name in text for name in names)
