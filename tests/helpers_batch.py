@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_train_stage import stage_env, write_tiny_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers_project import REPO, make_project, mlflow_client, stage_env
+
 GRID = [8, 32, 128]
 EPOCHS = 3
 
@@ -30,26 +30,6 @@ def tiny_params(**sweep) -> dict:
     return params
 
 
-def make_project(root: Path, params: dict, stages: tuple[str, ...] = ("batch_sweep", "batch_landscapes"),
-                 dvc: bool = True) -> dict:
-    """A project with the real stage definitions of `stages`, tiny params and data; git + DVC when `dvc`."""
-    root.mkdir(parents=True, exist_ok=True)
-    defined = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    chosen = {name: defined[name] for name in stages}
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": chosen}, sort_keys=False))
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write_tiny_dataset(root)
-    if dvc:
-        # the code the stages list as deps, so DVC can hash them (the stage runs the installed package)
-        for stage in chosen.values():
-            for dep in stage["deps"]:
-                if dep.endswith(".py"):
-                    (root / dep).parent.mkdir(parents=True, exist_ok=True)
-                    (root / dep).write_bytes((REPO / dep).read_bytes())
-        (root / ".dvcignore").write_bytes((REPO / ".dvcignore").read_bytes())
-        for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-            subprocess.run(command, cwd=root, check=True, env=stage_env())
-    return chosen
 
 
 def assert_self_contained(page: Path) -> None:
@@ -70,10 +50,6 @@ def run_stage(root: Path, module: str, *args: str, timeout: int = 300) -> subpro
                           capture_output=True, text=True, timeout=timeout)
 
 
-def mlflow_client(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
 
 
 __all__ = ["EPOCHS", "GRID", "REPO", "assert_self_contained", "make_project", "mlflow_client", "run_stage",

@@ -28,7 +28,7 @@ from lossviz.stats import spearman
 
 
 def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
-    stages = make_project(tmp_path, tiny_params())
+    stages = make_project(tmp_path, tiny_params(), ("batch_sweep", "batch_landscapes"))
     assert {"lossviz/training.py", "data/prepared"} <= set(stages["batch_sweep"]["deps"])
     assert {"lossviz/sharpness.py", "models/batch_sweep"} <= set(stages["batch_landscapes"]["deps"])
     run = subprocess.run(["dvc", "repro", "batch_landscapes"], cwd=tmp_path, env=stage_env(), capture_output=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -23,18 +22,15 @@ import yaml
 
 from tests.conftest import REPO_ROOT, write_fashion_mnist_like
 from tests.helpers_browser import Browser
+from tests.helpers_project import stage_env
 
 BIN = Path(sys.executable).parent
 STAGES = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
 
 
 def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "DVC_STAGE",
-                                                                "DVC_EXP_NAME")}
-    clean.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", LOSSVIZ_THREADS="1",
-                 GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-                 PATH=f"{BIN}{os.pathsep}{clean.get('PATH', '')}")
-    return clean
+    return {**stage_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
 
 
 def run(command: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_stage import stage_env, write_tiny_dataset
 
 from lossviz.lottery import load_mask
 from lossviz.surface import Surface
+from tests.helpers_project import REPO, make_project, mlflow_client, stage_env, write_tiny_dataset
 
-REPO = Path(__file__).resolve().parent.parent
 STAGES = ("lottery", "lottery_landscapes")
 
 
@@ -37,32 +35,13 @@ def tiny_params(levels: int = 3, epochs: int = 2) -> dict:
     return params
 
 
-def make_repo(root: Path, params: dict, stages=STAGES) -> dict:
-    """A git + DVC repository with the real stages, the package code and tiny data."""
-    all_stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    chosen = {name: all_stages[name] for name in stages}
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": chosen}, sort_keys=False))
-    for package in ("lossviz", "pipelines"):
-        (root / package).mkdir(parents=True, exist_ok=True)
-        for source in (REPO / package).glob("*.py"):
-            shutil.copy2(source, root / package / source.name)
-    shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write_tiny_dataset(root)
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True, env=stage_env())
-    return chosen
 
 
-def client_for(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
 
 
 def lottery_runs(root: Path) -> tuple[dict, dict]:
     """(parents by kind, children by (kind, level)) of experiment "lottery"."""
-    client = client_for(root)
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("lottery")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = {r.data.tags["lottery.kind"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
@@ -76,7 +55,7 @@ def lottery_runs(root: Path) -> tuple[dict, dict]:
 
 
 def test_dvc_repro_runs_imp_logs_masks_and_draws_the_landscapes(tmp_path):
-    stages = make_repo(tmp_path, tiny_params())
+    stages = make_project(tmp_path, tiny_params(), STAGES)
     assert {"lossviz/lottery.py", "lossviz/pruning.py", "data/prepared"} <= set(stages["lottery"]["deps"])
     assert "models/lottery" in stages["lottery_landscapes"]["deps"]
     run = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=stage_env(), capture_output=True, text=True,
@@ -97,7 +76,7 @@ def test_dvc_repro_runs_imp_logs_masks_and_draws_the_landscapes(tmp_path):
             assert 0 <= entry["test_acc"] <= 1
     assert metrics["winning"]["level_02"]["remaining"] == pytest.approx(0.25, abs=0.01)
 
-    client = client_for(tmp_path)
+    client = mlflow_client(tmp_path)
     parents, children = lottery_runs(tmp_path)
     assert set(parents) == {"winning", "random"} and len(children) == 6
     for kind, parent in parents.items():
@@ -172,7 +151,7 @@ def test_killed_mid_level_and_restarted_keeps_finished_levels_bit_identical(tmp_
         assert digests(tmp_path / "models" / "lottery" / name) == before[name], name
     assert "winning level_03 done" in again.stdout and "random level_03 done" in again.stdout
 
-    client = client_for(tmp_path)
+    client = mlflow_client(tmp_path)
     parents, children = lottery_runs(tmp_path)  # the same runs continued: one per kind and level
     assert len(parents) == 2 and len(children) == 8
     assert all(r.info.status == "FINISHED" for r in [*parents.values(), *children.values()])

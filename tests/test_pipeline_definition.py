@@ -13,7 +13,7 @@ STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def own_module_file(module: str) -> Path | None:
-    if not module.split(".")[0] in ("lossviz", "pipelines"):
+    if module.split(".")[0] not in ("lossviz", "pipelines"):
         return None
     path = REPO_ROOT / Path(*module.split("."))
     if path.with_suffix(".py").is_file():

@@ -1,8 +1,6 @@
 """The `prepare` stage and the DVC/MLflow foundations, against a real DVC repo and MLflow store."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,33 +8,17 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.helpers_project import make_project, stage_env
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
-def make_project(tmp_path: Path, data_params: dict) -> Path:
+def make_prepare_project(tmp_path: Path, data_params: dict) -> Path:
     """A throw-away git+DVC project with our code, the prepare stage and the given `data` params."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("lossviz", "pipelines"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO_ROOT / ".dvcignore", root)
-    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": stages["prepare"]}}))
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["data"].update(data_params)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = stage_env()
-    for cmd in (["git", "init", "-q"], [DVC, "init", "-q"]):
-        subprocess.run(cmd, cwd=root, check=True, env=env)
-    return root
-
-
-def stage_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("DVC_ROOT", None)
-    return env
+    make_project(tmp_path / "project", params, ("prepare",), tiny_data=False)
+    return tmp_path / "project"
 
 
 def dvc_repro(root: Path) -> subprocess.CompletedProcess:
@@ -44,7 +26,7 @@ def dvc_repro(root: Path) -> subprocess.CompletedProcess:
 
 
 def test_prepare_stage_runs_and_second_repro_is_a_noop(fmnist_dir, tmp_path):
-    root = make_project(tmp_path, {"fashion_mnist_dir": str(fmnist_dir), "verify_checksums": False,
+    root = make_prepare_project(tmp_path, {"fashion_mnist_dir": str(fmnist_dir), "verify_checksums": False,
                                    "download": False})
     first = dvc_repro(root)
     assert first.returncode == 0, first.stderr + first.stdout
@@ -57,7 +39,7 @@ def test_prepare_stage_runs_and_second_repro_is_a_noop(fmnist_dir, tmp_path):
 
 
 def test_prepare_fails_cleanly_and_writes_nothing(tmp_path):
-    root = make_project(tmp_path, {"fashion_mnist_dir": str(tmp_path / "bad"), "download": False})
+    root = make_prepare_project(tmp_path, {"fashion_mnist_dir": str(tmp_path / "bad"), "download": False})
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
     for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
@@ -69,7 +51,7 @@ def test_prepare_fails_cleanly_and_writes_nothing(tmp_path):
 
 
 def test_invalid_params_stop_the_stage_before_any_output(tmp_path, fmnist_dir):
-    root = make_project(tmp_path, {"fashion_mnist_dir": str(fmnist_dir), "val_size": -5})
+    root = make_prepare_project(tmp_path, {"fashion_mnist_dir": str(fmnist_dir), "val_size": -5})
     result = dvc_repro(root)
     assert result.returncode != 0
     assert "data.val_size" in result.stderr + result.stdout

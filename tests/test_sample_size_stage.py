@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_train_stage import stage_env, write_tiny_dataset
 
 from lossviz.checkpoints import save_model
 from lossviz.models import build_model
 from lossviz.surface import Surface
+from tests.helpers_project import REPO, make_project, stage_env, write_tiny_dataset
 
-REPO = Path(__file__).resolve().parent.parent
 NS = [1, 5, 20, 60]
 
 
@@ -47,22 +45,6 @@ def write_trained_like_checkpoint(root: Path) -> None:
     save_model(model, root / "models" / "train" / "model.pt", model="lenet5", dataset="fashion_mnist")
 
 
-def make_repo(root: Path, params: dict) -> dict:
-    """A git + DVC repository holding only the real `sample_size` stage, its code, tiny data and a checkpoint
-    (the train stage's output, here a plain file)."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["sample_size"]
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sample_size": stage}}, sort_keys=False))
-    for package in ("lossviz", "pipelines"):
-        (root / package).mkdir(parents=True)
-        for source in (REPO / package).glob("*.py"):
-            shutil.copy2(source, root / package / source.name)
-    shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write_tiny_dataset(root)
-    write_trained_like_checkpoint(root)
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True, env=stage_env())
-    return stage
 
 
 def mlflow_run(root: Path):
@@ -76,7 +58,8 @@ def mlflow_run(root: Path):
 
 
 def test_dvc_repro_sample_size_writes_every_output_and_the_mlflow_run(tmp_path):
-    stage = make_repo(tmp_path, tiny_params())
+    stage = make_project(tmp_path, tiny_params(), ("sample_size",))["sample_size"]
+    write_trained_like_checkpoint(tmp_path)
     assert {"lossviz/sampling.py", "lossviz/engine.py", "models/train", "data/prepared"} <= set(stage["deps"])
     run = subprocess.run(["dvc", "repro", "sample_size"], cwd=tmp_path, env=stage_env(), capture_output=True,
                          text=True, timeout=600)

@@ -4,21 +4,17 @@ with tiny params and data, logging to a real SQLite MLflow store; and its params
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lossviz.checkpoints import load_model_weights
-from lossviz.data import RawSplit, write_prepared
 from lossviz.models import build_model
+from tests.helpers_project import REPO, make_project, stage_env, write_tiny_dataset
 
-REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 2
 
 def tiny_params() -> dict:
@@ -35,48 +31,14 @@ def tiny_params() -> dict:
 TINY_PARAMS = tiny_params()
 
 
-def stage_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "DVC_STAGE", "DVC_EXP_NAME")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", LOSSVIZ_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    return env
 
 
-def write_tiny_dataset(root: Path) -> None:
-    generator = torch.Generator().manual_seed(0)
-
-    def split(count: int) -> RawSplit:
-        labels = torch.randint(0, 10, (count,), generator=generator)
-        images = (labels.view(-1, 1, 1, 1) * 20 + torch.randint(0, 60, (count, 1, 28, 28), generator=generator))
-        return RawSplit(images.to(torch.uint8), labels)
-
-    write_prepared({"train": split(400), "test": split(100)}, root / "data" / "prepared" / "fashion_mnist",
-                   {"dataset": "fashion_mnist", "source": "test", "verified_checksums": False})
 
 
-def make_repo(root: Path, params: dict) -> dict:
-    """A git + DVC repository holding only the real `train` stage, its code deps, and tiny data."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}, sort_keys=False))
-    for dep in stage["deps"]:
-        if dep.endswith(".py"):
-            (root / dep).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / dep, root / dep)
-    for package in ("lossviz", "pipelines"):  # the modules those import (the deps list is what DVC hashes)
-        for source in (REPO / package).glob("*.py"):
-            if not (root / package / source.name).exists():
-                shutil.copy2(source, root / package / source.name)
-    shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write_tiny_dataset(root)
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True, env=stage_env())
-    return stage
 
 
 def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
-    stage = make_repo(tmp_path, TINY_PARAMS)
+    stage = make_project(tmp_path, TINY_PARAMS, ("train",))["train"]
     assert {"lossviz/training.py", "lossviz/checkpoints.py", "data/prepared"} <= set(stage["deps"])
     run = subprocess.run(["dvc", "repro", "train"], cwd=tmp_path, env=stage_env(), capture_output=True,
                          text=True, timeout=600)
@@ -135,12 +97,12 @@ def test_bad_params_stop_the_stage_before_any_output(tmp_path, section, message)
 
 def test_resume_file_is_keyed_by_the_run(tmp_path):
     from lossviz.params import parse_params
-    from pipelines.train import resume_path
+    from pipelines.train import resume_file
 
     write_tiny_dataset(tmp_path)
     base = parse_params(TINY_PARAMS)
     same = parse_params(json.loads(json.dumps(TINY_PARAMS)))
     other = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 0.01}})
-    assert resume_path(tmp_path, base) == resume_path(tmp_path, same)
-    assert resume_path(tmp_path, base) != resume_path(tmp_path, other)
-    assert resume_path(tmp_path, base).parent == tmp_path / "tmp" / "resume"
+    assert resume_file(tmp_path, base) == resume_file(tmp_path, same)
+    assert resume_file(tmp_path, base) != resume_file(tmp_path, other)
+    assert resume_file(tmp_path, base).parent == tmp_path / "tmp" / "resume"
