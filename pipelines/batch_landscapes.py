@@ -18,7 +18,6 @@ continues where it stopped; the directory goes once the outputs are written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -46,14 +45,13 @@ from lossviz.sharpness import SHARPNESS_MEASURES, TARGETS, correlation_table, ge
 from lossviz.surface import Surface
 from pipelines.batch_sweep import EXPERIMENT as SWEEP_EXPERIMENT
 from pipelines.batch_sweep import SUMMARY_PATH
-from pipelines.common import data_root, repo_root, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params
 from pipelines.tracking import ensure_store, stage_run
 
 STAGE = "batch_landscapes"
 SURFACE_DIR = Path("surfaces/batch_landscapes")
 REPORT_DIR = Path("reports/batch_landscapes")
 METRICS_PATH = Path("metrics/batch_sweep.json")
-RESUME_DIR = Path("tmp/resume")
 
 
 class LandscapeError(RuntimeError):
@@ -71,12 +69,9 @@ def read_sweep(root: Path) -> dict[str, Any]:
 
 
 def resume_dir(root: Path, params: Params, summary: dict[str, Any]) -> Path:
-    """Named by everything that shapes the surfaces: this stage's params, the seed-free device, the sweep."""
-    digest = hashlib.sha256(json.dumps({"landscapes": params.batch_landscapes.model_dump(),
-                                        "sweep": summary}, sort_keys=True).encode())
-    for trial in summary["trials"]:
-        digest.update((root / trial["checkpoint"]).read_bytes())
-    return root / RESUME_DIR / f"{STAGE}-{digest.hexdigest()[:16]}"
+    """Named by everything that shapes the surfaces: this stage's params, the sweep and its checkpoints."""
+    return resume_path(root, STAGE, {"landscapes": params.batch_landscapes.model_dump(), "sweep": summary},
+                       [root / trial["checkpoint"] for trial in summary["trials"]])
 
 
 def trial_title(trial: dict[str, Any]) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from lossviz.params import Params, ParamsError, load_params
@@ -45,3 +48,19 @@ def git_commit(root: Path) -> str | None:
 
 def data_root(root: Path | None = None) -> Path:
     return (root or repo_root()) / "data" / "prepared"
+
+
+RESUME_DIR = Path("tmp/resume")
+
+
+def resume_path(root: Path, stage: str, used_params: dict, inputs: Iterable[Path] = (), suffix: str = "") -> Path:
+    """Where a stage keeps its resumable work: under `tmp/resume/` (git-ignored, unknown to DVC, which
+    deletes a stage's outputs before running it), named by a digest of everything that shapes the run:
+    the params it uses, its input files and the package code. A killed run restarted finds its work; a
+    changed run starts afresh."""
+    digest = hashlib.sha256(json.dumps(used_params, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(Path(path).read_bytes())
+    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
+        digest.update(source.read_bytes())
+    return root / RESUME_DIR / f"{stage}-{digest.hexdigest()[:16]}{suffix}"

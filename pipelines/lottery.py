@@ -18,7 +18,6 @@ changed run gets a different work directory by construction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -36,14 +35,13 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig
-from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params
 from pipelines.tracking import ensure_store, get_experiment_id, run_tags
 
 STAGE = "lottery"
 EXPERIMENT = "lottery"
 OUT_DIR = Path("models/lottery")
 METRICS_PATH = Path("metrics/lottery.json")
-RESUME_DIR = Path("tmp/resume")
 
 
 def train_config(params: Params) -> TrainConfig:
@@ -71,11 +69,8 @@ def used_params(params: Params) -> dict[str, object]:
 
 
 def work_dir(root: Path, params: Params) -> Path:
-    digest = hashlib.sha256(json.dumps(used_params(params), sort_keys=True).encode())
-    digest.update((data_root(root) / params.lottery.dataset / "manifest.json").read_bytes())
-    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
-        digest.update(source.read_bytes())
-    return root / RESUME_DIR / f"lottery-{digest.hexdigest()[:16]}"
+    return resume_path(root, "lottery", used_params(params),
+                       [data_root(root) / params.lottery.dataset / "manifest.json"])
 
 
 def check_against_data(params: Params, splits: Splits) -> list[str]:

@@ -16,7 +16,6 @@ the tickets' files and the code), each flushed point by point; a killed run pick
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -35,7 +34,7 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.plots import compare_figure, shape_metrics, write_html
 from lossviz.surface import Surface
-from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params
 from pipelines.tracking import stage_run
 
 STAGE = "lottery_landscapes"
@@ -43,7 +42,6 @@ TICKETS = Path("models/lottery")
 SURFACE_DIR = Path("surfaces/lottery_landscapes")
 REPORT_DIR = Path("reports/lottery_landscapes")
 METRICS_PATH = Path("metrics/lottery_landscapes.json")
-RESUME_DIR = Path("tmp/resume")
 METHOD = {"winning": "IMP", "random": "random"}
 
 
@@ -76,14 +74,9 @@ def surface_name(kind: str, level: int) -> str:
 
 def work_dir(root: Path, params: Params) -> Path:
     section = params.lottery_landscapes
-    digest = hashlib.sha256(json.dumps(used_params(params), sort_keys=True).encode())
-    for kind in section.kinds:
-        for level in section.levels:
-            for name in ("mask.pt", "model.pt"):
-                digest.update((level_dir(root / TICKETS, kind, level) / name).read_bytes())
-    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
-        digest.update(source.read_bytes())
-    return root / RESUME_DIR / f"{STAGE}-{digest.hexdigest()[:16]}"
+    tickets = [level_dir(root / TICKETS, kind, level) / name
+               for kind in section.kinds for level in section.levels for name in ("mask.pt", "model.pt")]
+    return resume_path(root, STAGE, used_params(params), tickets)
 
 
 def ticket_surface(params: Params, root: Path, work: Path, test, input_shape, num_classes, kind: str,

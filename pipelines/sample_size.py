@@ -16,7 +16,6 @@ where it stopped. A surface resumed mid-way reports its time scaled from the poi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ from lossviz.sampling import (
     time_per_point,
 )
 from lossviz.surface import Surface, outside_radius
-from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params
 from pipelines.tracking import stage_run
 
 STAGE = "sample_size"
@@ -53,7 +52,6 @@ SURFACE_DIR = Path("surfaces/sample_size")
 REPORT_DIR = Path("reports/sample_size")
 METRICS_PATH = Path("metrics/sample_size.json")
 TRAIN_CHECKPOINT = Path("models/train/model.pt")
-RESUME_DIR = Path("tmp/resume")
 DIRECTIONS_FILE = "directions.h5"
 
 
@@ -102,14 +100,9 @@ def used_params(params: Params, study: Study) -> dict[str, object]:
 
 
 def work_dir(root: Path, params: Params, study: Study) -> Path:
-    digest = hashlib.sha256(json.dumps(used_params(params, study), sort_keys=True).encode())
-    digest.update(study.checkpoint.read_bytes())
     manifest = data_root(root) / study.dataset / "manifest.json"
-    if manifest.is_file():
-        digest.update(manifest.read_bytes())
-    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
-        digest.update(source.read_bytes())
-    return root / RESUME_DIR / f"{STAGE}-{digest.hexdigest()[:16]}"
+    inputs = [study.checkpoint] + ([manifest] if manifest.is_file() else [])
+    return resume_path(root, STAGE, used_params(params, study), inputs)
 
 
 def surface_name(n: int) -> str:

@@ -12,7 +12,6 @@ are written. This keeps DVC's run-cache, which `persist: true` outputs would tur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,13 +24,12 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig, train
-from pipelines.common import PACKAGE_ROOT, data_root, repo_root, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params
 from pipelines.tracking import stage_run
 
 STAGE = "train"
 MODEL_PATH = Path("models/train/model.pt")
 METRICS_PATH = Path("metrics/train.json")
-RESUME_DIR = Path("tmp/resume")
 
 
 def train_config(params: Params) -> TrainConfig:
@@ -52,12 +50,9 @@ def used_params(params: Params) -> dict[str, object]:
             **{f"train.{key}": value for key, value in params.train.model_dump().items()}}
 
 
-def resume_path(root: Path, params: Params) -> Path:
-    digest = hashlib.sha256(json.dumps(used_params(params), sort_keys=True).encode())
-    digest.update((data_root(root) / params.train.dataset / "manifest.json").read_bytes())
-    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
-        digest.update(source.read_bytes())
-    return root / RESUME_DIR / f"train-{digest.hexdigest()[:16]}.pt"
+def resume_file(root: Path, params: Params) -> Path:
+    manifest = data_root(root) / params.train.dataset / "manifest.json"
+    return resume_path(root, STAGE, used_params(params), [manifest], suffix=".pt")
 
 
 def check_against_data(params: Params, splits: Splits) -> list[str]:
@@ -95,7 +90,7 @@ def main() -> int:
 
     seed_everything(params.seed)
     model = build_model(section.model, splits.input_shape, splits.num_classes)
-    checkpoint = resume_path(root, params)
+    checkpoint = resume_file(root, params)
 
     def log_epoch(record: EpochRecord, replayed: bool) -> None:
         mlflow.log_metrics(record.metrics(), step=record.epoch)
