@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -27,15 +27,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file next to `path`, then rename it over `path`: a reader (or a run
-    killed mid-write) sees either the old file or the new one, never half of one."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write through `write` to a temporary file next to `path`, then rename it over `path`: a reader (or a
+    run killed mid-write) sees either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as temp_file:
-            torch.save(obj, temp_file)
+            write(temp_file)
             temp_file.flush()
             os.fsync(temp_file.fileno())
         os.replace(temp_name, path)
@@ -43,6 +43,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` `obj` to `path` atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def load_checkpoint(path: str | Path) -> Any:

@@ -28,8 +28,6 @@ callbacks with `replayed=True`; the level in progress resumes from its per-epoch
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lossviz.checkpoints import atomic_save, cpu_state_dict, load_checkpoint, load_state_dict
+from lossviz.checkpoints import atomic_save, atomic_write, cpu_state_dict, load_checkpoint, load_state_dict
 from lossviz.data import Splits, TensorSplit
 from lossviz.pruning import (
     Mask,
@@ -140,17 +138,7 @@ class LotteryCallbacks:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as temp_file:
-            temp_file.write(text)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: stream.write(text.encode()))
 
 
 def load_mask(path: str | Path) -> Mask:
