@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -87,6 +87,13 @@ class TrainConfig:
                 "null (all) or an integer >= 0")
         require(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
         resolve_device(self.device)  # raises naming `device` and the allowed spellings
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
+        """A config from any object holding some of its fields as attributes (a params section), the rest
+        left at their defaults; `overrides` win."""
+        given = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        return cls(**{**given, **overrides})
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,8 @@ METRICS_PATH = Path("metrics/lottery.json")
 
 
 def train_config(params: Params) -> TrainConfig:
-    section = params.lottery
-    return TrainConfig(
-        epochs=section.epochs, batch_size=section.batch_size, optimizer=section.optimizer, lr=section.lr,
-        momentum=section.momentum, weight_decay=section.weight_decay, lr_plateau=section.lr_plateau,
-        plateau_factor=section.plateau_factor, plateau_patience=section.plateau_patience,
-        early_stopping=True, patience=section.patience, seed=params.seed, device=params.device,
-        train_eval_examples=section.train_eval_examples)
+    """Every level early-stops at its minimum validation loss (Frankle & Carbin), so it is not a param."""
+    return TrainConfig.from_settings(params.lottery, early_stopping=True, seed=params.seed, device=params.device)
 
 
 def imp_config(params: Params) -> IMPConfig:

@@ -34,13 +34,7 @@ METRICS_PATH = Path("metrics/train.json")
 
 def train_config(params: Params) -> TrainConfig:
     """The library's config from the validated params (TrainConfig checks the combinations)."""
-    section = params.train
-    return TrainConfig(
-        epochs=section.epochs, batch_size=section.batch_size, optimizer=section.optimizer, lr=section.lr,
-        momentum=section.momentum, weight_decay=section.weight_decay, lr_plateau=section.lr_plateau,
-        plateau_factor=section.plateau_factor, plateau_patience=section.plateau_patience,
-        early_stopping=section.early_stopping, patience=section.patience, seed=params.seed,
-        device=params.device, train_eval_examples=section.train_eval_examples)
+    return TrainConfig.from_settings(params.train, seed=params.seed, device=params.device)
 
 
 def used_params(params: Params) -> dict[str, object]:
