@@ -45,13 +45,16 @@ from lossviz.sharpness import SHARPNESS_MEASURES, TARGETS, correlation_table, ge
 from lossviz.surface import Surface
 from pipelines.batch_sweep import EXPERIMENT as SWEEP_EXPERIMENT
 from pipelines.batch_sweep import SUMMARY_PATH
-from pipelines.common import data_root, repo_root, resume_path, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.tracking import ensure_store, stage_run
 
 STAGE = "batch_landscapes"
 SURFACE_DIR = Path("surfaces/batch_landscapes")
 REPORT_DIR = Path("reports/batch_landscapes")
 METRICS_PATH = Path("metrics/batch_sweep.json")
+PLOT_PATH = Path("metrics/batch_sweep.csv")  # accuracy, gaps and sharpness vs batch size
+PLOT_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", "depth", "flatness",
+                "centre_curvature", "convex_fraction", "hessian_top_eigenvalue", "hessian_trace")
 
 
 class LandscapeError(RuntimeError):
@@ -116,17 +119,6 @@ def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params
            "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"],
            "mlflow_run_id": trial.get("mlflow_run_id")}
     return surface, row
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities as null (strict JSON), recursively."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _fmt(value: Any) -> str:
@@ -233,9 +225,8 @@ def main() -> int:
               "targets": TARGETS,
               "surface": {"grid_points": section.grid_points, "extent": section.extent,
                           "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
-    metrics_path = root / METRICS_PATH
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
+    metrics_path = write_json(root / METRICS_PATH, result)
+    write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
 
     ensure_store(root)
     client = MlflowClient()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import math
 import os
 import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from lossviz.checkpoints import atomic_write
 from lossviz.params import Params, ParamsError, load_params
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +69,32 @@ def resume_path(root: Path, stage: str, used_params: dict, inputs: Iterable[Path
     for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
         digest.update(source.read_bytes())
     return root / RESUME_DIR / f"{stage}-{digest.hexdigest()[:16]}{suffix}"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null (strict JSON has neither), recursively."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """A stage's JSON file (metrics/*.json is what `dvc metrics show` reads), written atomically."""
+    text = json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def write_plot_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """A CSV table that `dvc plots` draws (the plots of dvc.yaml). Stages build the rows from the same
+    dicts they write to metrics/*.json, so the plots and `dvc metrics show` report the same numbers."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else value for key, value in json_safe(row).items()})
+    return atomic_write(path, lambda stream: stream.write(buffer.getvalue().encode()))

@@ -35,13 +35,14 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig
-from pipelines.common import data_root, repo_root, resume_path, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.tracking import ensure_store, get_experiment_id, run_tags
 
 STAGE = "lottery"
 EXPERIMENT = "lottery"
 OUT_DIR = Path("models/lottery")
 METRICS_PATH = Path("metrics/lottery.json")
+PLOT_PATH = Path("metrics/lottery.csv")  # test accuracy vs weights remaining, both kinds of ticket
 
 
 def train_config(params: Params) -> TrainConfig:
@@ -211,6 +212,15 @@ def metrics_summary(params: Params, results: dict[str, list[LevelResult]]) -> di
     return summary
 
 
+def plot_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per level of the metrics summary: percent of weights remaining, each kind's test accuracy."""
+    kinds = [kind for kind in ("winning", "random") if kind in summary]
+    return [{"level": int(name.removeprefix("level_")),
+             "percent_remaining": 100 * summary["winning"][name]["remaining"],
+             **{f"{kind}_test_acc": summary[kind][name]["test_acc"] for kind in kinds}}
+            for name in sorted(summary["winning"])]
+
+
 def publish(levels_dir: Path, out_dir: Path) -> None:
     """Copy the finished work directory to the DVC output (byte for byte), replacing it whole."""
     staging = out_dir.with_name(f".{out_dir.name}.staging")
@@ -251,9 +261,9 @@ def main() -> int:
     results = run_lottery(make_model, splits, config, imp, work / "levels", checkpoint_dir=work / "checkpoints",
                           callbacks=LotteryCallbacks(epoch=tracker.epoch, level_end=tracker.level_end))
     publish(work / "levels", root / OUT_DIR)
-    metrics_path = root / METRICS_PATH
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics_summary(params, results), indent=2, sort_keys=True) + "\n")
+    summary = metrics_summary(params, results)
+    metrics_path = write_json(root / METRICS_PATH, summary)
+    write_plot_table(root / PLOT_PATH, plot_rows(summary))
     tracker.finish(metrics_path)
     shutil.rmtree(work)
     print(f"{STAGE}: {len(results['winning'])} levels of {', '.join(results)} tickets in "

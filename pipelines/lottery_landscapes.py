@@ -16,7 +16,6 @@ the tickets' files and the code), each flushed point by point; a killed run pick
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.plots import compare_figure, shape_metrics, write_html
 from lossviz.surface import Surface
-from pipelines.common import data_root, repo_root, resume_path, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json
 from pipelines.tracking import stage_run
 
 STAGE = "lottery_landscapes"
@@ -175,9 +174,7 @@ def main() -> int:
             for level in section.levels:
                 mlflow.log_metrics({f"{kind}_{key}": value for key, value in _plain(metrics[kind, level]).items()
                                     if value is not None}, step=level)
-        metrics_path = root / METRICS_PATH
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        metrics_path = write_json(root / METRICS_PATH, summary)
         for page in pages:
             mlflow.log_artifact(str(page), "reports")
         mlflow.log_artifact(str(metrics_path))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -44,13 +43,16 @@ from lossviz.sampling import (
     time_per_point,
 )
 from lossviz.surface import Surface, outside_radius
-from pipelines.common import data_root, repo_root, resume_path, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.tracking import stage_run
 
 STAGE = "sample_size"
 SURFACE_DIR = Path("surfaces/sample_size")
 REPORT_DIR = Path("reports/sample_size")
 METRICS_PATH = Path("metrics/sample_size.json")
+PLOT_PATH = Path("metrics/sample_size.csv")  # fidelity and speed-up vs examples per point
+PLOT_COLUMNS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "max_ln_loss_se", "speedup",
+                "point_speedup")
 TRAIN_CHECKPOINT = Path("models/train/model.pt")
 DIRECTIONS_FILE = "directions.h5"
 
@@ -111,13 +113,6 @@ def surface_name(n: int) -> str:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(temporary, path)
 
 
 def _computed_points(path: Path) -> int:
@@ -209,7 +204,7 @@ def main() -> int:
                 model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
                 meta={**meta, "name": f"n = {n}"}, **engine_options))
             timings[str(n)] = times[n]
-            _write_json(timings_path, timings)
+            write_json(timings_path, timings)
 
         auto_path = work / "auto.json"
         auto = _read_json(auto_path)
@@ -221,7 +216,7 @@ def main() -> int:
                     "pilot_max_ln_loss_se": _finite(choice.max_ln_loss_se),
                     "pilot_seconds": time.perf_counter() - start,
                     "trials": {str(n): _finite(se) for n, se in choice.trials}}
-            _write_json(auto_path, auto)
+            write_json(auto_path, auto)
 
         point_path = work / "point_seconds.json"
         point_seconds = {int(n): value for n, value in _read_json(point_path).items()}
@@ -233,7 +228,7 @@ def main() -> int:
                                            rounds=section.timing_rounds, seed=params.seed,
                                            batch_size=section.batch_size, device=params.device,
                                            method=section.method)
-            _write_json(point_path, {str(n): value for n, value in point_seconds.items()})
+            write_json(point_path, {str(n): value for n, value in point_seconds.items()})
         rows = compare_sample_sizes(surfaces, {n: t["seconds"] for n, t in times.items()}, clip_radius,
                                     cpu_seconds={n: t["cpu_seconds"] for n, t in times.items()},
                                     point_seconds=point_seconds or None)
@@ -261,7 +256,8 @@ def main() -> int:
                                                       title=f"{study.model} on {study.dataset}: fidelity and "
                                                             "speed-up vs number of examples"),
                                    report_dir / "fidelity.html")
-        _write_json(root / METRICS_PATH, summary)
+        write_json(root / METRICS_PATH, summary)
+        write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
 
         for row in rows:
             mlflow.log_metrics({key: value for key, value in row.items() if key != "n" and value is not None},

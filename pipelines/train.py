@@ -12,7 +12,6 @@ are written. This keeps DVC's run-cache, which `persist: true` outputs would tur
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,12 +23,13 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig, train
-from pipelines.common import data_root, repo_root, resume_path, stage_params
+from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.tracking import stage_run
 
 STAGE = "train"
 MODEL_PATH = Path("models/train/model.pt")
 METRICS_PATH = Path("metrics/train.json")
+PLOT_PATH = Path("metrics/train_history.csv")  # the training curve, one row per epoch
 
 
 def train_config(params: Params) -> TrainConfig:
@@ -100,9 +100,8 @@ def main() -> int:
         model_path = save_model(model, root / MODEL_PATH, model=section.model, dataset=section.dataset,
                                 input_shape=list(splits.input_shape), num_classes=splits.num_classes,
                                 epoch=result.final.epoch, acc=result.final.test_acc)
-        metrics_path = root / METRICS_PATH
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        metrics_path = write_json(root / METRICS_PATH, summary)
+        write_plot_table(root / PLOT_PATH, [{"epoch": r.epoch, **r.metrics()} for r in result.history])
         mlflow.log_metrics({key: float(value) for key, value in result.summary().items()
                             if isinstance(value, int | float) and value is not None})
         mlflow.log_metric("train_seconds", result.seconds)

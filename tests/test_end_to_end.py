@@ -5,6 +5,7 @@ runs in a real browser."""
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import re
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, write_fashion_mnist_like
-from tests.helpers_browser import Browser
+from tests.helpers_browser import Browser, network_urls
 from tests.helpers_project import stage_env
 
 BIN = Path(sys.executable).parent
@@ -56,6 +57,12 @@ def tiny_params(raw_dir: Path) -> dict:
     return params
 
 
+def dvc_config(root: Path) -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(root / ".dvc" / "config")
+    return config
+
+
 def output_digests(root: Path) -> dict[str, str]:
     """SHA-256 of every file of every DVC output (what `dvc pull` must restore)."""
     digests = {}
@@ -84,6 +91,10 @@ def project(tmp_path_factory) -> Path:
     run(["git", "init", "-q", "-b", "main"], root)
     run([str(BIN / "dvc"), "init", "-q"], root)
     run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(base / "remote")], root)
+    # The repository's offline plots template, configured as .dvc/config does it.
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")
+    html_template = dvc_config(REPO_ROOT)["plots"]["html_template"]
+    run([str(BIN / "dvc"), "config", "plots.html_template", html_template], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
     started = time.perf_counter()
@@ -132,6 +143,48 @@ def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
     rows = sqlite3.connect(project / "mlruns" / "mlflow.db").execute(
         "select value from tags where key = 'dvc.exp'").fetchall()
     assert ("longer-train",) in rows
+
+
+def plot_rows(plots: dict, plot_id: str) -> list[dict]:
+    """The table rows of one plot of `dvc plots show --json` (with several y fields DVC repeats each row
+    once per field, naming it in "field")."""
+    values = plots[plot_id][0]["content"]["data"]["values"]
+    first_field = values[0].get("field")
+    return [row for row in values if row.get("field") == first_field]
+
+
+def test_dvc_plots_show_the_metrics_figures_and_render_offline(project, tmp_path):
+    (workspace,) = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout).values()
+    metrics = {path.removeprefix("metrics/"): entry["data"] for path, entry in workspace["data"].items()}
+    plots = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], project).stdout)["data"]
+    definitions = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    assert set(plots) == {next(iter(d)) for d in definitions}
+
+    train = plot_rows(plots, "train_curve")
+    assert len(train) == metrics["train.json"]["stopped_epoch"]
+    assert float(train[-1]["test_acc"]) == metrics["train.json"]["final_test_acc"]
+    fidelity = {int(r["n"]): float(r["pearson_ln_loss"]) for r in plot_rows(plots, "sample_size_fidelity")}
+    assert fidelity == {int(n): row["pearson_ln_loss"] for n, row in metrics["sample_size.json"]["by_n"].items()}
+    accuracy = {int(r["batch_size"]): float(r["test_acc"]) for r in plot_rows(plots, "batch_size_accuracy")}
+    assert accuracy == {int(b): row["test_acc"] for b, row in metrics["batch_sweep.json"]["per_batch_size"].items()}
+    lottery = plot_rows(plots, "lottery_accuracy")
+    for kind in ("winning", "random"):
+        levels = metrics["lottery.json"][kind]
+        assert {int(r["level"]): float(r[f"{kind}_test_acc"]) for r in lottery} == \
+            {int(name.removeprefix("level_")): level["test_acc"] for name, level in levels.items()}
+
+    out = tmp_path / "plots"
+    run([str(BIN / "dvc"), "plots", "show", "-o", str(out)], project)
+    page_html = (out / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page_html), "the plots page loads a script from elsewhere"
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto((out / "index.html").as_uri())
+        # vega-embed draws each plot into a canvas of class "marks" once vega and vega-lite have run.
+        drawn = page.wait_for(f"document.querySelectorAll('canvas.marks').length >= {len(definitions)} && "
+                              "document.querySelectorAll('canvas.marks').length", timeout=60)
+        assert drawn == len(definitions)
+        assert page.errors == [] and network_urls(page.requests) == []
 
 
 def free_port() -> int:
@@ -220,3 +273,25 @@ def test_mlflow_ui_renders_the_run_names_in_a_browser(mlflow_server):
         assert page.wait_for(expression, timeout=90), f"run names {parent_names} not rendered"
         text = page.evaluate("document.body.innerText")
     assert any(name in text for name in names)
+
+
+def test_dvc_get_fetches_a_checkpoint_from_an_earlier_revision(project, tmp_path):
+    """Last in this module: it commits the workspace and retrains, leaving later stages stale."""
+    checkpoint = "models/train/model.pt"
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "checkpoint A", "--allow-empty"], project)
+    run([str(BIN / "dvc"), "push"], project)
+    revision_a = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    digest_a = hashlib.sha256((project / checkpoint).read_bytes()).hexdigest()
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "dvc"), "repro", "train"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "checkpoint B"], project)
+    assert hashlib.sha256((project / checkpoint).read_bytes()).hexdigest() != digest_a
+
+    fetched = tmp_path / "model_a.pt"
+    run([str(BIN / "dvc"), "get", str(project), checkpoint, "--rev", revision_a, "-o", str(fetched)], tmp_path)
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == digest_a

@@ -97,7 +97,7 @@ def test_dvc_repro_sample_size_writes_every_output_and_the_mlflow_run(tmp_path):
     assert "n = 60" in pages["compare.html"] and "pearson_ln_loss" in pages["compare.html"]
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["sample_size"]
     assert {out["path"] for out in lock["outs"]} == {"surfaces/sample_size", "reports/sample_size",
-                                                     "metrics/sample_size.json"}
+                                                     "metrics/sample_size.json", "metrics/sample_size.csv"}
     assert not list((tmp_path / "tmp" / "resume").glob("sample_size-*"))  # the work directory goes once done
 
     client, logged = mlflow_run(tmp_path)

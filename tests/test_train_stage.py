@@ -50,7 +50,8 @@ def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
     model = load_model_weights(build_model("lenet5", (1, 28, 28)), tmp_path / "models/train/model.pt")
     assert model.fc3.out_features == 10
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["train"]
-    assert {out["path"] for out in lock["outs"]} == {"models/train", "metrics/train.json"}
+    assert {out["path"] for out in lock["outs"]} == {"models/train", "metrics/train.json",
+                                                    "metrics/train_history.csv"}
     assert not list((tmp_path / "tmp" / "resume").glob("*.pt"))  # the resume file goes once done
 
     from mlflow.tracking import MlflowClient
