@@ -5,6 +5,14 @@
     lossviz metrics surface.h5
 
 `surface` resumes `--out` when it holds the same computation (rerun the same command after a crash).
+Started by torchrun it splits the grid points between the ranks (gloo on CPUs, NCCL with one GPU per
+process), with the same result:
+
+    torchrun --standalone --nproc_per_node 4 -m lossviz.cli surface --model resnet56 ... --out surface.h5
+
+Rank 0 alone reads and writes `--out` and `--dir-file`, and prints the summary. A job whose rank died
+is resumed like a single process: rerun the same command (any number of ranks) and only the points
+missing from `--out` are computed. Across nodes, and for the threads of CPU ranks: see lossviz.distributed.
 """
 
 from __future__ import annotations
@@ -91,6 +99,7 @@ def _examples(args: argparse.Namespace):
 
 
 def _surface(args: argparse.Namespace) -> int:
+    from lossviz import distributed
     from lossviz.checkpoints import CheckpointError
     from lossviz.data import DataError
     from lossviz.engine import compute_surface
@@ -101,18 +110,33 @@ def _surface(args: argparse.Namespace) -> int:
         ys = parse_axis(args.y, "--y") if args.y else None
         if args.examples != "auto" and args.examples < 1:
             raise CliError(f"--examples {args.examples} is not valid; expected a positive integer")
-        splits, split = _load_split(args)
-        model = _load_model(args, splits.input_shape, splits.num_classes)
-        directions = _directions(args, model, ys is not None)
-        surface = compute_surface(
-            model, split.x, split.y, directions, xs, ys, n_examples=_examples(args), seed=args.seed,
-            batch_size=args.batch_size, device=args.device, clip_radius=args.clip_radius, out=args.out,
-            progress=not args.no_progress, method=args.method,
-            meta={"model": args.model, "dataset": args.dataset, "split": args.split,
-                  "checkpoint": str(args.checkpoint), "dir_file": args.dir_file or ""})
-    except (CliError, CheckpointError, DataError, SurfaceFileError, ValueError) as error:
-        print(f"lossviz surface: error: {error}", file=sys.stderr)
+    except CliError as error:  # the same on every rank under torchrun: rank 0 reports it
+        if distributed.launch_rank() == 0:
+            print(f"lossviz surface: error: {error}", file=sys.stderr)
         return 2
+    try:
+        # Under torchrun: one group for the whole command, each rank on its own device (nothing otherwise).
+        with distributed.process_group(args.device) as device:
+            splits, split = _load_split(args)
+            model = _load_model(args, splits.input_shape, splits.num_classes)
+            # Rank 0 alone reads or writes --dir-file; the other ranks get its directions.
+            directions = distributed.from_rank_zero(lambda: _directions(args, model, ys is not None))
+            surface = compute_surface(
+                model, split.x, split.y, directions, xs, ys, n_examples=_examples(args), seed=args.seed,
+                batch_size=args.batch_size, device=device, clip_radius=args.clip_radius, out=args.out,
+                progress=not args.no_progress, method=args.method,
+                meta={"model": args.model, "dataset": args.dataset, "split": args.split,
+                      "checkpoint": str(args.checkpoint), "dir_file": args.dir_file or ""})
+    except (CliError, CheckpointError, DataError, SurfaceFileError, ValueError) as error:
+        # Under torchrun rank 0 reports the errors every rank shares (a refused --out, differing ranks...);
+        # another rank reports its own (e.g. a checkpoint missing on its node), else it would go unseen.
+        if distributed.launch_rank() == 0:
+            print(f"lossviz surface: error: {error}", file=sys.stderr)
+        elif distributed.reports(error):
+            print(f"lossviz surface: error on rank {distributed.launch_rank()}: {error}", file=sys.stderr)
+        return 2
+    if distributed.launch_rank() != 0:
+        return 0
     done = int(np.isfinite(surface.loss).sum())
     print(f"wrote {args.out}: {done} points computed, loss from {np.nanmin(surface.loss):.4f} "
           f"to {np.nanmax(surface.loss):.4f}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from lossviz.directions import Directions, model_digest, model_tensors
+from lossviz import distributed
+from lossviz.directions import Directions, model_digest, model_tensors, tensors_digest
 from lossviz.runtime import configure_cpu, resolve_device
 from lossviz.surface import Surface, SurfaceFile, outside_radius
 
@@ -42,6 +44,10 @@ METHODS = ("auto", "naive", "fast", "vmap")
 FIRST_LAYER_CACHE_BYTES = 2 << 30
 # Meta keys that must match for a surface file to be resumed rather than refused.
 RESUME_IDENTITY = ("model_hash", "directions_hash", "seed", "n_examples", "mode", "loss", "clip_radius")
+# Under torch.distributed, each rank's share of a round doubles until the slowest rank takes half this long:
+# a round ends in a collective (milliseconds), and a killed job loses the round in flight besides what rank 0
+# has not flushed yet (SurfaceFile's flush interval).
+ROUND_SECONDS = 0.2
 
 
 def cross_entropy_per_example(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -612,9 +618,16 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     they finish and a rerun with the same arguments computes only the missing ones. `meta` adds entries
     (dataset, model name, dir_file...) to the surface's metadata. `n_examples="auto"` (or a
     `lossviz.sampling.AutoExamples`) picks n from a pilot grid's standard errors: see lossviz.sampling.
+
+    Under torch.distributed (an initialized default group, e.g. `lossviz.distributed.process_group` in a
+    torchrun job) every rank calls this with the same arguments: rank 0 alone opens `out` and decides the
+    pending points, the ranks compute their shares of each round and send the results to rank 0, which
+    records them; every rank returns the whole surface.
     """
     if isinstance(n_examples, str) or getattr(n_examples, "adaptive", False):
         from lossviz.sampling import adaptive_surface
+        # Only rank 0 may write `out` (adaptive_surface rewrites it at the end).
+        out = out if distributed.rank() == 0 else None
         return adaptive_surface(model, inputs, targets, directions, xs, ys, n_examples, seed=seed, loss_fn=loss_fn,
                                 batch_size=batch_size, device=device, clip_radius=clip_radius, out=out,
                                 progress=progress, method=method, points_per_batch=points_per_batch, meta=meta)
@@ -645,36 +658,79 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     clipped = outside_radius(alphas, None if ys is None else betas, clip_radius) if clip_radius is not None \
         else np.zeros(len(alphas), dtype=bool)
 
-    store = SurfaceFile.open_or_create(out, template, RESUME_IDENTITY) if out is not None else None
-    pending = store.pending() if store is not None else np.flatnonzero(~clipped)
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:
+        _check_same_on_every_rank(surface_meta, inputs[index_tensor], targets[index_tensor], xs, ys,
+                                  (method, torch_device.type, batch_size, points_per_batch))
+    store: SurfaceFile | None = None
+
+    def open_store() -> np.ndarray:  # rank 0 alone owns the file and decides what is left to compute
+        nonlocal store
+        if out is None:
+            return np.flatnonzero(~clipped)
+        store = SurfaceFile.open_or_create(out, template, RESUME_IDENTITY)
+        return store.pending()
+
     arrays = {"loss": template.loss, "acc": template.acc, "loss_se": template.loss_se}
     was_training = model.training
     evaluator = None
     try:
+        pending = distributed.from_rank_zero(open_store)
         if len(pending):
             evaluator = make_evaluator(method, model, directions, inputs[index_tensor], targets[index_tensor],
                                        loss_fn, batch_size, torch_device, points_per_batch)
             total = int((~clipped).sum())
-            step = getattr(evaluator, "points_per_batch", 1)
-            with tqdm(total=total, initial=total - len(pending), unit="pt", disable=not progress,
+            share = getattr(evaluator, "points_per_batch", 1)  # points per rank per round
+            with tqdm(total=total, initial=total - len(pending), unit="pt", disable=not progress or rank != 0,
                       desc="surface", smoothing=0.1) as bar:
-                for start in range(0, len(pending), step):
-                    chunk = pending[start:start + step]
-                    for flat, result in zip(chunk, evaluator.evaluate_many(alphas[chunk], betas[chunk]),
-                                            strict=True):
-                        if store is not None:
-                            store.record(int(flat), result.loss, result.acc, result.loss_se)
-                        else:
-                            for name in arrays:
-                                arrays[name].flat[flat] = getattr(result, name)
-                    bar.update(len(chunk))
+                position = 0
+                while position < len(pending):  # rounds in lockstep: every rank computes the same sequence
+                    batch = pending[position:position + share * world]
+                    position += len(batch)
+                    mine = np.array_split(batch, world)[rank]
+                    started = time.perf_counter()
+                    results = evaluator.evaluate_many(alphas[mine], betas[mine]) if len(mine) else []
+                    gathered = distributed.all_gather((mine, results, time.perf_counter() - started))
+                    if rank == 0:
+                        for flats, rank_results, _ in gathered:
+                            for flat, result in zip(flats, rank_results, strict=True):
+                                if store is not None:
+                                    store.record(int(flat), result.loss, result.acc, result.loss_se)
+                                else:
+                                    for name in arrays:
+                                        arrays[name].flat[flat] = getattr(result, name)
+                    # Every rank sees the same timings, so every rank takes the same decision.
+                    if world > 1 and max(seconds for *_, seconds in gathered) < ROUND_SECONDS / 2:
+                        share *= 2
+                    bar.update(len(batch))
     finally:
         if evaluator is not None:
             evaluator.close()
         model.train(was_training)
         if store is not None:
             store.close()
-    if store is not None:
-        return Surface.load(out)
-    surface_meta["complete"] = True
-    return template
+
+    def finished() -> Surface:
+        if out is not None:
+            return Surface.load(out)
+        surface_meta["complete"] = True
+        return template
+
+    return distributed.from_rank_zero(finished)  # the whole surface, on every rank
+
+
+def _check_same_on_every_rank(meta: dict[str, Any], inputs: torch.Tensor, targets: torch.Tensor, xs: np.ndarray,
+                              ys: np.ndarray | None, settings: tuple[Any, ...]) -> None:
+    """Ranks that loaded different checkpoints, directions or data would silently mix surfaces, and ranks
+    with different settings would walk the grid out of step: refuse, on every rank alike (all see the same
+    gathered fingerprints)."""
+    grid = [torch.from_numpy(xs)] + ([] if ys is None else [torch.from_numpy(ys)])
+    fingerprint = (meta["model_hash"], meta["directions_hash"], tensors_digest([inputs, targets, *grid]),
+                   meta["loss"], meta["clip_radius"], settings)
+    fingerprints = distributed.all_gather(fingerprint)
+    differing = [r for r, other in enumerate(fingerprints) if other != fingerprints[0]]
+    if differing:
+        raise distributed.on_every_rank(ValueError(
+            f"ranks {differing} hold a different model, directions, examples, grid or settings (method, "
+            "device type, batch size) than rank 0; every rank must load the same checkpoint, directions and "
+            "data with the same arguments"))
