@@ -26,7 +26,7 @@ repro: setup
 	$(VENV)/bin/dvc repro
 
 test: setup
-	@bash scripts/system-deps.sh data browser
+	@bash scripts/system-deps.sh data browser postgres
 	$(PY) -m pytest -q
 
 lint: setup

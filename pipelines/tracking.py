@@ -41,9 +41,11 @@ def ensure_store(root: Path | None = None) -> str:
     """Point MLflow at the store, creating it once (the lock serializes first-time migrations)."""
     global _uri_set_here
     root = root or repo_root()
+    users = user_tracking_uri()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    _uri_set_here = uri
+    if users is None:  # a user's server stays the user's: its artifacts go where the server says
+        _uri_set_here = uri
     if uri.startswith("sqlite:///"):
         store_dir = root / "mlruns"
         store_dir.mkdir(parents=True, exist_ok=True)

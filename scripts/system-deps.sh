@@ -2,13 +2,15 @@
 # Debian packages the project uses, installed when missing and apt is there:
 #   data     Fashion-MNIST (dataset-fashion-mnist); without it `prepare` falls back to a download
 #   browser  headless Chromium for the viewer's browser tests
+#   postgres PostgreSQL's server binaries, which the tests start on a local port (sweep workers, team MLflow)
 set -euo pipefail
 want=()
 for what in "$@"; do
   case "$what" in
     data) [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist) ;;
     browser) command -v chromium >/dev/null || want+=(chromium) ;;
-    *) echo "system-deps: unknown group '$what' (allowed: data, browser)" >&2; exit 2 ;;
+    postgres) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || want+=(postgresql) ;;
+    *) echo "system-deps: unknown group '$what' (allowed: data, browser, postgres)" >&2; exit 2 ;;
   esac
 done
 [ ${#want[@]} -eq 0 ] && exit 0

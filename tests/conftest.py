@@ -74,3 +74,12 @@ def fmnist_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     return write_cifar10_like(tmp_path / "cifar_raw")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a free local port for the whole session (tests.helpers_postgres)."""
+    from tests.helpers_postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import yaml
 from tests.conftest import REPO_ROOT, write_fashion_mnist_like
 from tests.helpers_browser import Browser, network_urls
 from tests.helpers_project import stage_env
+from tests.helpers_servers import api
+from tests.helpers_servers import mlflow_server as running_mlflow_server
 
 BIN = Path(sys.executable).parent
 STAGES = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
@@ -187,40 +188,10 @@ def test_dvc_plots_show_the_metrics_figures_and_render_offline(project, tmp_path
         assert page.errors == [] and network_urls(page.requests) == []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(project):
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=project, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-
-
-def api(url: str, path: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    with running_mlflow_server(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", project, env()) as url:
+        yield url
 
 
 def test_mlflow_server_serves_experiments_nested_runs_and_surface_pages(mlflow_server):

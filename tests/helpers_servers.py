@@ -1,0 +1,62 @@
+"""Local servers for the tests: a free port, an `mlflow server` process waited on until healthy, and its
+REST API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MLFLOW = Path(sys.executable).parent / "mlflow"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, cwd: Path, env: dict[str, str], *extra: str,
+                  timeout: float = 120) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 and a free port until the block ends; yields its URL once /health answers."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(MLFLOW), "server", "--backend-store-uri", backend_store_uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", *extra],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise RuntimeError(f"mlflow server did not start: {server.communicate()[1][-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
