@@ -133,6 +133,13 @@ class BatchSweepParams(Section):
     train_eval_examples: int | None = Field(default=2000, ge=0)
     storage: str | None = None      # Optuna storage URL; None: the journal file studies/batch_sweep/
     study_name: str | None = None   # None: derived from a digest of everything that shapes the trials
+    # Database storage (PostgreSQL: workers on several machines): a running trial's worker records a heartbeat
+    # every `heartbeat_interval` s; a trial silent for `grace_period` s is failed and retried. Any storage: a
+    # point is retried at most `max_retries` times per stage run (None: no limit). Not part of the study's
+    # identity; the stage records them in the study so every worker beats and judges alike.
+    heartbeat_interval: int = Field(default=10, ge=1)
+    grace_period: int = Field(default=60, ge=1)
+    max_retries: int | None = Field(default=3, ge=0)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -148,6 +155,9 @@ class BatchSweepParams(Section):
                              f"log2_batch_size_max={self.log2_batch_size_max}")
         if self.patience is not None and not self.early_stopping:
             raise ValueError(f"batch_sweep.patience={self.patience} needs batch_sweep.early_stopping: true")
+        if self.grace_period <= self.heartbeat_interval:  # else a live worker's trial is failed between beats
+            raise ValueError(f"batch_sweep.grace_period={self.grace_period} must exceed heartbeat_interval="
+                             f"{self.heartbeat_interval} (allowed: > {self.heartbeat_interval}; a few intervals)")
         return self
 
 

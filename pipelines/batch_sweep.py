@@ -17,15 +17,20 @@ whose settings differ is refused with the differing keys.
 
 Exactly once. Trials are run with ask-and-tell by `run_sweep_worker`, which any number of processes may
 call on one storage. Every grid point is enqueued (`Study.enqueue_trial`) and a worker claims a trial with
-`Study.ask()`, which pops a waiting trial atomically in the storage; the check-enqueue-ask step runs under
-a file lock (`tmp/batch_sweep/<study>/sweep.lock`), so no two workers enqueue or create the same point.
-A worker holds an flock'd lease file per running trial; a RUNNING trial whose lease nobody holds belongs to
-a dead process: it is marked FAIL (its MLflow run KILLED), and every grid point left with no COMPLETE,
-RUNNING or WAITING trial is enqueued again (GridSampler counts FAILED trials as visited, so it would never
-revisit it). The retry resumes from the point's training checkpoint (`tmp/batch_sweep/<study>/bs_*.pt`;
-`trial-*.pt` for TPE; written after every epoch), not from scratch. Workers on other machines must share
-`tmp/` (a shared disk); with PostgreSQL across machines, replace `sweep_lock` and the leases by database
-locks and heartbeats.
+`Study.ask()`, which pops a waiting trial atomically in the storage; recovery, enqueueing and claiming take
+turns under a lock, so no two workers enqueue or create the same point. What tells a dead worker's trial:
+- a journal file (one host, or a shared disk): the lock is `tmp/batch_sweep/<study>/sweep.lock`; a worker
+  holds an flock'd lease file per running trial, and a RUNNING trial whose lease nobody holds (or whose
+  process on this host is gone) is marked FAIL;
+- a database (PostgreSQL for workers on many machines): the lock is a PostgreSQL advisory lock; a worker
+  records Optuna's heartbeat for its trial every `heartbeat_interval` s, and a trial silent for
+  `grace_period` s is failed by Optuna and re-queued by its RetryHeartbeatStaleTrialCallback.
+Either way the dead trial's MLflow run is set KILLED and its point is queued again (GridSampler counts
+FAILED trials as visited, so it would never revisit it), at most `max_retries` times per stage run; the
+stage fails naming the points given up on. The retry resumes from the point's training checkpoint
+(`tmp/batch_sweep/<study>/bs_*.pt`; `trial-*.pt` for TPE; written after every epoch) where that directory
+is shared, from scratch where it is not. A trial trained on another machine reaches the stage's DVC
+outputs through its MLflow run's checkpoint artifact (use a team tracking server: MLFLOW_TRACKING_URI).
 
 Outputs (DVC): `models/batch_sweep/bs_XXXXX/model.pt` (+ trial.json) per completed batch size and
 `models/batch_sweep/sweep.json` (persisted, like the journal), `reports/batch_sweep/` (Optuna's history,
@@ -45,22 +50,26 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+import sqlalchemy  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from lossviz.checkpoints import save_model  # noqa: E402
 from lossviz.data import DataError, Splits, TensorSplit, load_splits  # noqa: E402
 from lossviz.models import build_model  # noqa: E402
-from lossviz.params import Params  # noqa: E402
+from lossviz.params import BatchSweepParams, Params  # noqa: E402
 from lossviz.plots import write_gallery, write_html  # noqa: E402
 from lossviz.runtime import seed_everything  # noqa: E402
 from lossviz.training import EpochRecord, TrainConfig, train  # noqa: E402
@@ -72,6 +81,7 @@ JOURNAL_PATH = Path("studies/batch_sweep/journal.log")
 STUDY_INFO_PATH = Path("studies/batch_sweep/study.json")
 MODELS_DIR = Path("models/batch_sweep")
 SUMMARY_PATH = MODELS_DIR / "sweep.json"
+CHECKPOINT_ARTIFACT = Path("checkpoint/model.pt")  # in each trial's MLflow run
 REPORT_DIR = Path("reports/batch_sweep")
 STATE_DIR = Path("tmp/batch_sweep")
 STORAGE_ENV = "LOSSVIZ_OPTUNA_STORAGE"
@@ -81,6 +91,7 @@ CODE_FILES = ("lossviz/training.py", "lossviz/models.py", "lossviz/data.py", "lo
 POLL_SECONDS = 5.0
 # Optuna study user attrs
 SETTINGS_ATTR, N_TRIALS_ATTR, PARENT_ATTR = "lossviz.settings", "lossviz.n_trials", "lossviz.mlflow_parent_run_id"
+LIVENESS_ATTR = "lossviz.liveness"
 # Optuna trial user attrs
 BATCH_ATTR, RUN_ATTR, LEASE_ATTR, RESULT_ATTR = ("lossviz.batch_size", "lossviz.mlflow_run_id", "lossviz.lease",
                                                  "lossviz.result")
@@ -145,11 +156,40 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
-def open_storage(url: str, root: Path | None = None) -> optuna.storages.BaseStorage:
-    """A database URL (`scheme://…`) → RDBStorage; anything else (optionally `journal:`-prefixed) is a
-    journal file path, relative to the repository root."""
-    if "://" in url and not url.startswith("journal:"):
-        return optuna.storages.RDBStorage(url)
+def is_database_url(url: str) -> bool:
+    return "://" in url and not url.startswith("journal:")
+
+
+def is_postgresql_url(url: str) -> bool:
+    return url.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How database workers show they are alive (params `batch_sweep.heartbeat_interval`, `grace_period`,
+    `max_retries`); the stage records it in the study so that every worker beats and judges alike."""
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retries: int | None = 3
+
+    @classmethod
+    def from_params(cls, section: BatchSweepParams) -> Liveness:
+        return cls(section.heartbeat_interval, section.grace_period, section.max_retries)
+
+
+def open_storage(url: str, root: Path | None = None, liveness: Liveness | None = None) -> optuna.storages.BaseStorage:
+    """A database URL (`scheme://…`) → RDBStorage, with Optuna's heartbeats when `liveness` is given (a
+    trial silent for the grace period is failed and re-queued by RetryHeartbeatStaleTrialCallback);
+    anything else (optionally `journal:`-prefixed) is a journal file path, relative to the repository root."""
+    if is_database_url(url):
+        if liveness is None:
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats are an experimental argument
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=liveness.heartbeat_interval, grace_period=liveness.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=liveness.max_retries))
     path = Path(url.removeprefix("journal:"))
     path = path if path.is_absolute() else (root or repo_root()) / path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +220,36 @@ def state_dir(root: Path, study_name: str) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------ workers: turns and liveness
+
 @contextlib.contextmanager
 def sweep_lock(directory: Path) -> Iterator[None]:
-    """Serializes recovery, enqueueing and claiming among the workers of one study."""
+    """Serializes recovery, enqueueing and claiming among the workers of one study on one host (or a
+    shared disk)."""
     with open(directory / "sweep.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str, study_name: str) -> Iterator[None]:
+    """The same for workers on many machines: a PostgreSQL session advisory lock keyed by the study,
+    which the server drops if the holder's connection dies."""
+    key = int.from_bytes(hashlib.sha256(f"lossviz:{study_name}".encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
+
+
+class Hold(Protocol):
+    def release(self) -> None: ...
 
 
 class Lease:
@@ -213,6 +277,85 @@ class Lease:
                 return True
             fcntl.flock(handle, fcntl.LOCK_UN)
             return False
+
+
+class Heartbeat:
+    """Optuna's heartbeat for a trial run by ask-and-tell (Study.optimize would start it itself): the first
+    beat is recorded before the claim's lock is let go, so no running trial is ever without one."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        from optuna.storages._heartbeat import HeartbeatThread
+
+        study._storage.record_heartbeat(trial._trial_id)
+        self._thread = HeartbeatThread(trial._trial_id, study._storage)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._thread.join()
+
+
+class FileWorkers:
+    """Journal-file studies: a lock file and per-trial lease files in the study's state directory."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def turn(self) -> contextlib.AbstractContextManager[None]:
+        return sweep_lock(self.directory)
+
+    def hold(self, study: optuna.Study, trial: optuna.Trial) -> Hold:
+        lease = Lease(self.directory / f"trial-{trial.number:05d}.lease")
+        trial.set_user_attr(LEASE_ATTR, lease.path.name)
+        return lease
+
+    def fail_dead(self, study: optuna.Study) -> list[FrozenTrial]:
+        """Mark FAIL every RUNNING trial whose worker is gone: its lease file exists here and nobody holds
+        it; its lease file is missing and its process on this host is dead; or it has no lease yet (leases
+        are taken under the lock, which the caller holds). Trials leased on a machine that does not share
+        this directory are left alone."""
+        failed = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            lease = trial.user_attrs.get(LEASE_ATTR)
+            if lease is not None and (self.directory / lease).exists():
+                if Lease.is_held(self.directory / lease):
+                    continue
+            elif lease is not None and not _dead_here(trial.user_attrs.get(WORKER_ATTR, "")):
+                continue  # leased where this directory is not shared: another machine's to judge
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial)
+        return failed
+
+
+class DatabaseWorkers:
+    """RDB studies (PostgreSQL for workers on many machines): Optuna's heartbeats tell the living, a
+    PostgreSQL advisory lock serializes the claims (the state directory's lock file for other databases,
+    which are one machine's). Optuna fails a trial silent for the grace period and re-queues it."""
+
+    def __init__(self, url: str, study_name: str, directory: Path):
+        self.url, self.study_name, self.directory = url, study_name, directory
+
+    def turn(self) -> contextlib.AbstractContextManager[None]:
+        if is_postgresql_url(self.url):
+            return advisory_lock(self.url, self.study_name)
+        return sweep_lock(self.directory)
+
+    def hold(self, study: optuna.Study, trial: optuna.Trial) -> Hold:
+        return Heartbeat(study, trial)
+
+    def fail_dead(self, study: optuna.Study) -> list[FrozenTrial]:
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running]
+
+
+Workers = FileWorkers | DatabaseWorkers
+
+
+def sweep_workers(url: str, study_name: str, root: Path) -> Workers:
+    directory = state_dir(root, study_name)
+    return DatabaseWorkers(url, study_name, directory) if is_database_url(url) else FileWorkers(directory)
 
 
 # ----------------------------------------------------------------------------------- study bookkeeping
@@ -246,21 +389,11 @@ def _dead_here(worker: str) -> bool:
     return False
 
 
-def recover_stale_trials(study: optuna.Study, directory: Path, log=print) -> list[int]:
-    """Mark FAIL every RUNNING trial whose worker is gone (its lease file exists here and nobody holds it;
-    its lease file is missing and its process on this host is dead; or it has no lease yet: leases are
-    taken under the sweep lock, which the caller holds), and set its MLflow run KILLED. Trials leased on a
-    machine that does not share this directory are left alone."""
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        lease = trial.user_attrs.get(LEASE_ATTR)
-        if lease is not None and (directory / lease).exists():
-            if Lease.is_held(directory / lease):
-                continue
-        elif lease is not None and not _dead_here(trial.user_attrs.get(WORKER_ATTR, "")):
-            continue  # leased where this directory is not shared: another machine's to judge
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        failed.append(trial.number)
+def recover_stale_trials(study: optuna.Study, workers: Workers, log=print) -> list[int]:
+    """Fail the RUNNING trials of dead workers (the caller holds the workers' turn) and set their MLflow
+    runs KILLED. Returns the trial numbers failed."""
+    failed = workers.fail_dead(study)
+    for trial in failed:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
             with contextlib.suppress(mlflow.exceptions.MlflowException):
@@ -268,12 +401,13 @@ def recover_stale_trials(study: optuna.Study, directory: Path, log=print) -> lis
                     MlflowClient().set_terminated(run_id, "KILLED")
         log(f"{STAGE}: trial {trial.number} (batch {trial_batch_size(trial)}) was left running by a dead "
             "worker: marked FAIL, its point goes back in the queue")
-    return failed
+    return [trial.number for trial in failed]
 
 
-def queue_missing_points(study: optuna.Study, settings: dict[str, Any]) -> list[int]:
+def queue_missing_points(study: optuna.Study, settings: dict[str, Any], max_retries: int | None = None) -> list[int]:
     """Enqueue every point that has no COMPLETE, RUNNING, WAITING (or, for TPE, PRUNED) trial: the whole
-    grid on a new study; a dead or failed trial's point later. Returns the batch sizes enqueued."""
+    grid on a new study; a dead or failed trial's point later, unless it failed more than `max_retries`
+    times (None: no limit). Returns the batch sizes enqueued."""
     trials = study.get_trials(deepcopy=False)
     alive = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
     covered = {trial_batch_size(t) for t in trials if t.state in alive}
@@ -282,14 +416,17 @@ def queue_missing_points(study: optuna.Study, settings: dict[str, Any]) -> list[
     else:  # retry the points of failed TPE trials (a new TPE trial would sample afresh)
         wanted = list(dict.fromkeys(trial_batch_size(t) for t in trials
                                     if t.state == TrialState.FAIL and trial_batch_size(t) is not None))
-    missing = [size for size in wanted if size not in covered]
-    for size in missing:
+    missing = []
+    for size in (size for size in wanted if size not in covered):
         # a retry resumes its point's training checkpoint: the grid's is named by the batch size, a TPE
         # trial's by the trial that first ran it
         failed = [t for t in trials if t.state == TrialState.FAIL and trial_batch_size(t) == size]
+        if max_retries is not None and len(failed) > max_retries:
+            continue  # given up on in this stage run (main says so)
         resume = failed[-1].user_attrs.get(RESUME_ATTR) if failed else None
         study.enqueue_trial(_point_params(settings, size), user_attrs={
             BATCH_ATTR: size, RESUME_ATTR: resume or f"bs_{size:05d}.pt"})
+        missing.append(size)
     return missing
 
 
@@ -297,23 +434,28 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def claim_trial(study: optuna.Study, settings: dict[str, Any], directory: Path,
-                log=print) -> tuple[optuna.Trial, Lease] | None:
-    """Under the sweep lock: recover dead trials, enqueue missing points, and take the next trial (a
-    waiting one; for TPE a new one while the budget lasts) with a lease. None when nothing is left."""
-    with sweep_lock(directory):
-        recover_stale_trials(study, directory, log)
-        queue_missing_points(study, settings)
+def claim_trial(study: optuna.Study, settings: dict[str, Any], workers: Workers,
+                log=print) -> tuple[optuna.Trial, Hold] | None:
+    """In the workers' turn: recover dead trials, enqueue missing points, and take the next trial (a
+    waiting one; for TPE a new one while the budget lasts) with a lease or heartbeat. None when nothing
+    is left."""
+    with workers.turn():
+        recover_stale_trials(study, workers, log)
+        queue_missing_points(study, settings, liveness_of(study).max_retries)
         has_waiting = _count(study, TrialState.WAITING) > 0
         budget = int(study.user_attrs.get(N_TRIALS_ATTR, 0))
         if not has_waiting and not (settings["sampler"] == "tpe" and _count(
                 study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) < budget):
             return None
-        trial = study.ask()
-        lease = Lease(directory / f"trial-{trial.number:05d}.lease")
+        with warnings.catch_warnings():  # we record the heartbeats Study.optimize would
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr(LEASE_ATTR, lease.path.name)
-        return trial, lease
+        return trial, workers.hold(study, trial)
+
+
+def liveness_of(study: optuna.Study) -> Liveness:
+    return Liveness(**study.user_attrs.get(LIVENESS_ATTR, {}))
 
 
 # ------------------------------------------------------------------------------------------- the data
@@ -357,6 +499,28 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_dir(root: Path, batch_size: int) -> Path:
     return root / MODELS_DIR / f"bs_{batch_size:05d}"
+
+
+def write_trial_file(out: Path, study_name: str, summary: dict[str, Any]) -> None:
+    (out / "trial.json").write_text(json.dumps({"study": study_name, **summary}, indent=2, sort_keys=True) + "\n")
+
+
+def fetch_checkpoint(trial: FrozenTrial, study_name: str, out: Path) -> bool:
+    """A trial trained by a worker on another machine: its checkpoint from its MLflow run (a team tracking
+    server's artifact store), into `out`. False when the run or its artifact cannot be had."""
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    if not run_id:
+        return False
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT.as_posix(),
+                                                        dst_path=tmp)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.move(local, out / "model.pt")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return False
+    write_trial_file(out, study_name, trial.user_attrs[RESULT_ATTR])
+    return True
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any], splits: Splits, root: Path,
@@ -417,12 +581,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
         model_path = save_model(model, out / "model.pt", model=settings["model"], dataset=settings["dataset"],
                                 input_shape=list(splits.input_shape), num_classes=splits.num_classes,
                                 batch_size=batch_size, epoch=result.final.epoch, acc=result.final.test_acc)
-        (out / "trial.json").write_text(json.dumps({"study": study.study_name, **summary}, indent=2,
-                                                   sort_keys=True) + "\n")
+        write_trial_file(out, study.study_name, summary)
         mlflow.log_metrics({key: float(value) for key, value in result.summary().items()
                             if isinstance(value, int | float) and value is not None})
         mlflow.log_metric("train_seconds", result.seconds)
-        mlflow.log_artifact(str(model_path), "checkpoint")
+        mlflow.log_artifact(str(model_path), CHECKPOINT_ARTIFACT.parent.as_posix())
         trial.set_user_attr(RESULT_ATTR, summary)
         mlflow.set_tag("optuna.trial_state", "COMPLETE")
         study.tell(trial, result.final.val_acc)
@@ -433,6 +596,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
 
 
 def load_sweep_study(url: str, study_name: str, root: Path) -> tuple[optuna.Study, dict[str, Any]]:
+    """The study with its sampler and pruner, on a storage with the heartbeats the stage recorded in it."""
     storage = open_storage(url, root)
     try:
         plain = optuna.load_study(study_name=study_name, storage=storage)
@@ -442,6 +606,8 @@ def load_sweep_study(url: str, study_name: str, root: Path) -> tuple[optuna.Stud
     settings = plain.user_attrs.get(SETTINGS_ATTR)
     if settings is None or PARENT_ATTR not in plain.user_attrs:
         raise SweepError(f"study {study_name!r} in {redact(url)} is not a set-up lossviz batch sweep")
+    if is_database_url(url):
+        storage = open_storage(url, root, liveness_of(plain))
     sampler, pruner = make_sampler(settings)
     return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner), settings
 
@@ -461,17 +627,17 @@ def run_sweep_worker(url: str, study_name: str, root: Path | None = None, *, dev
                              f"{settings['data_digest']}/{settings['code_digest']}; this checkout has "
                              f"{local[0]}/{local[1]}: run the worker from the same code and prepared data")
         splits = load_sweep_splits(root, settings)
-    directory = state_dir(root, study_name)
+    workers = sweep_workers(url, study_name, root)
     ran: list[int] = []
     while max_trials is None or len(ran) < max_trials:
-        claimed = claim_trial(study, settings, directory, log)
+        claimed = claim_trial(study, settings, workers, log)
         if claimed is None:
             break
-        trial, lease = claimed
+        trial, hold = claimed
         try:
-            run_trial(study, trial, settings, splits, root, directory, device, progress, log)
+            run_trial(study, trial, settings, splits, root, workers.directory, device, progress, log)
         finally:
-            lease.release()
+            hold.release()
         ran.append(trial.number)
     return ran
 
@@ -484,15 +650,18 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def setup_study(url: str, study_name: str, settings: dict[str, Any], n_trials: int, root: Path,
-                log=print) -> optuna.Study:
+                liveness: Liveness | None = None, log=print) -> optuna.Study:
     """Create the study (or load it, refusing one made with other settings), its MLflow parent run, and
-    its queue of grid points."""
+    its queue of grid points (every point without a live or finished trial, however often it failed: a
+    new stage run tries again). Records `liveness` in the study for every worker to use."""
     storage = open_storage(url, root)
     sampler, pruner = make_sampler(settings)
-    directory = state_dir(root, study_name)
-    with sweep_lock(directory):
+    with sweep_workers(url, study_name, root).turn():
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
+        liveness = asdict(liveness or Liveness())
+        if study.user_attrs.get(LIVENESS_ATTR) != liveness:
+            study.set_user_attr(LIVENESS_ATTR, liveness)
         stored = study.user_attrs.get(SETTINGS_ATTR)
         if stored is None:
             study.set_user_attr(SETTINGS_ATTR, settings)
@@ -517,7 +686,8 @@ def setup_study(url: str, study_name: str, settings: dict[str, Any], n_trials: i
                                "n_trials": n_trials}.items():
                 client.log_param(parent, key, value)
             study.set_user_attr(PARENT_ATTR, parent)
-            log(f"{STAGE}: study {study_name} in {redact(url)}, MLflow parent run {parent}")
+        log(f"{STAGE}: study {study_name} in {redact(url)}, MLflow parent run {parent} (more workers: "
+            f"python -m pipelines.batch_sweep worker --study {study_name})")
         queue_missing_points(study, settings)
     return study
 
@@ -525,13 +695,13 @@ def setup_study(url: str, study_name: str, settings: dict[str, Any], n_trials: i
 def wait_until_done(url: str, study_name: str, root: Path, settings: dict[str, Any], device: str,
                     splits: Splits, progress: bool, log=print) -> None:
     """Work until no trial is waiting and none is running in another live worker."""
-    directory = state_dir(root, study_name)
+    workers = sweep_workers(url, study_name, root)
     while True:
         run_sweep_worker(url, study_name, root, device=device, progress=progress, splits=splits, log=log)
         study, _ = load_sweep_study(url, study_name, root)
-        with sweep_lock(directory):
-            recover_stale_trials(study, directory, log)
-            queue_missing_points(study, settings)
+        with workers.turn():
+            recover_stale_trials(study, workers, log)
+            queue_missing_points(study, settings, liveness_of(study).max_retries)
             waiting = _count(study, TrialState.WAITING)
             running = _count(study, TrialState.RUNNING)
         if not waiting and not running:
@@ -539,6 +709,20 @@ def wait_until_done(url: str, study_name: str, root: Path, settings: dict[str, A
         if running and not waiting:
             log(f"{STAGE}: waiting for {running} trial(s) running in other workers")
             time.sleep(POLL_SECONDS)
+
+
+def check_grid_done(study: optuna.Study, settings: dict[str, Any]) -> None:
+    """Every grid point has a COMPLETE trial, or the sweep stops here naming those that kept failing."""
+    if settings["sampler"] != "grid":
+        return
+    trials = study.get_trials(deepcopy=False)
+    done = {trial_batch_size(t) for t in trials if t.state == TrialState.COMPLETE}
+    failures = {size: sum(t.state == TrialState.FAIL and trial_batch_size(t) == size for t in trials)
+                for size in settings["batch_sizes"] if size not in done}
+    if failures:
+        raise SweepError(f"batch sizes {', '.join(f'{size} (failed {count}x)' for size, count in failures.items())} "
+                         f"were given up on after batch_sweep.max_retries={liveness_of(study).max_retries} "
+                         "retries: see their FAILED trial runs in MLflow; rerun the stage to try again")
 
 
 def completed_trials(study: optuna.Study) -> dict[int, FrozenTrial]:
@@ -567,9 +751,12 @@ def finalize(study: optuna.Study, settings: dict[str, Any], url: str, root: Path
     for batch_size, trial in done.items():
         result = dict(trial.user_attrs[RESULT_ATTR])
         path = checkpoint_dir(root, batch_size) / "model.pt"
+        if not path.is_file() and fetch_checkpoint(trial, study.study_name, path.parent):
+            log(f"{STAGE}: batch {batch_size}: checkpoint fetched from MLflow run {trial.user_attrs[RUN_ATTR]}")
         if not path.is_file():
-            raise SweepError(f"{path}: missing for the completed trial {trial.number}; delete the study "
-                             f"{study.study_name!r} from {redact(url)} (or its journal) and rerun")
+            raise SweepError(f"{path}: missing for the completed trial {trial.number}, and not in its MLflow "
+                             f"run either; delete the study {study.study_name!r} from {redact(url)} (or its "
+                             "journal) and rerun")
         trials.append({**result, "val_objective": trial.value, "checkpoint": path.relative_to(root).as_posix()})
     for stale in sorted((root / MODELS_DIR).glob("bs_*")):
         if stale.is_dir() and stale.name not in {f"bs_{size:05d}" for size in done}:
@@ -645,9 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     (root / MODELS_DIR).mkdir(parents=True, exist_ok=True)
     ensure_store(root)
     try:
-        setup_study(url, study_name, settings, section.n_trials, root)
+        setup_study(url, study_name, settings, section.n_trials, root, Liveness.from_params(section))
         wait_until_done(url, study_name, root, settings, params.device, splits, progress)
         study, _ = load_sweep_study(url, study_name, root)
+        check_grid_done(study, settings)
         summary = finalize(study, settings, url, root)
     except SweepError as error:
         print(f"{STAGE}: {error}", file=sys.stderr)

@@ -183,25 +183,26 @@ def test_only_trials_of_dead_workers_are_recovered(tracking):
     sweep.ensure_store(root)
     sweep.setup_study(url, "s", settings, n_trials=1, root=root)
     study, _ = sweep.load_sweep_study(url, "s", root)
-    directory = sweep.state_dir(root, "s")
-    first, first_lease = sweep.claim_trial(study, settings, directory)
-    assert sweep.recover_stale_trials(study, directory) == []  # its worker holds the lease
-    second, second_lease = sweep.claim_trial(study, settings, directory)
+    workers = sweep.sweep_workers(url, "s", root)
+    assert isinstance(workers, sweep.FileWorkers)
+    first, first_lease = sweep.claim_trial(study, settings, workers)
+    assert sweep.recover_stale_trials(study, workers) == []  # its worker holds the lease
+    second, second_lease = sweep.claim_trial(study, settings, workers)
     assert (first.number, second.number) == (0, 1)  # the next point, never the running one
     first_lease._handle.close()  # the worker dies: the OS drops its flock, the file stays
-    assert sweep.recover_stale_trials(study, directory) == [0]
+    assert sweep.recover_stale_trials(study, workers) == [0]
     assert sweep.queue_missing_points(study, settings) == [GRID[0]]
     assert sweep.queue_missing_points(study, settings) == []  # queued once
 
     second_lease._handle.close()
     second_lease.path.unlink()  # no lease file here: leased on a machine not sharing this directory
     second.set_user_attr(sweep.WORKER_ATTR, "another-host:1")
-    assert sweep.recover_stale_trials(study, directory) == []
+    assert sweep.recover_stale_trials(study, workers) == []
     dead = subprocess.Popen(["true"])
     dead.wait()
     second.set_user_attr(sweep.WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}")  # this host, process gone
-    assert sweep.recover_stale_trials(study, directory) == [1]
-    third, _ = sweep.claim_trial(study, settings, directory)  # the queue first: 128, then the retries 8, 32
+    assert sweep.recover_stale_trials(study, workers) == [1]
+    third, _ = sweep.claim_trial(study, settings, workers)  # the queue first: 128, then the retries 8, 32
     assert [third.number, third.params.get("batch_size", study.trials[third.number].user_attrs[sweep.BATCH_ATTR])] \
         == [2, 128]
     assert [t.user_attrs[sweep.BATCH_ATTR] for t in study.get_trials(states=(TrialState.WAITING,))] == [8, 32]

@@ -39,6 +39,8 @@ def test_default_params_are_valid():
         (lambda p: p["train"].update(model="vgg16"), ["train.model", "'vgg16'", "fashion_cnn", "resnet56"]),
         (lambda p: p.update(device="tpu"), ["device", "'tpu'", "cuda:N"]),
         (lambda p: p["train"].update(dataset="cifar10"), ["train.dataset", "data.datasets"]),
+        (lambda p: p["batch_sweep"].update(heartbeat_interval=10, grace_period=10),
+         ["batch_sweep.grace_period=10", "must exceed heartbeat_interval=10", "allowed: > 10"]),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(tmp_path, mutate, expected):
