@@ -206,3 +206,26 @@ def test_only_trials_of_dead_workers_are_recovered(tracking):
     assert [third.number, third.params.get("batch_size", study.trials[third.number].user_attrs[sweep.BATCH_ATTR])] \
         == [2, 128]
     assert [t.user_attrs[sweep.BATCH_ATTR] for t in study.get_trials(states=(TrialState.WAITING,))] == [8, 32]
+
+
+def test_a_point_that_keeps_failing_is_given_up_after_max_retries(tracking):
+    root = tracking
+    params = parse_params(tiny_params(batch_sizes=[8], max_retries=1))
+    make_project(root, params.model_dump(), stages=(), dvc=False)
+    settings, url = sweep.sweep_settings(params, root), str(root / sweep.JOURNAL_PATH)
+    sweep.ensure_store(root)
+    sweep.setup_study(url, "s", settings, n_trials=1, root=root,
+                      liveness=sweep.Liveness.from_params(params.batch_sweep))
+    study, _ = sweep.load_sweep_study(url, "s", root)
+    workers = sweep.sweep_workers(url, "s", root)
+    for attempt in range(2):  # the first run and its one retry fail (say, the worker runs out of memory)
+        trial, hold = sweep.claim_trial(study, settings, workers)
+        assert trial.number == attempt
+        study.tell(trial, state=TrialState.FAIL)
+        hold.release()
+    assert sweep.claim_trial(study, settings, workers) is None  # not queued a third time
+    with pytest.raises(sweep.SweepError, match=r"batch sizes 8 \(failed 2x\) were given up on after "
+                                               r"batch_sweep.max_retries=1"):
+        sweep.check_grid_done(study, settings)
+    sweep.setup_study(url, "s", settings, n_trials=1, root=root)  # a new stage run tries again
+    assert [t.state for t in load_study(root, "s").trials][-1] == TrialState.WAITING
