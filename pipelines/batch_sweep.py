@@ -166,14 +166,17 @@ def is_postgresql_url(url: str) -> bool:
 
 @dataclass(frozen=True)
 class Liveness:
-    """How database workers show they are alive (params `batch_sweep.heartbeat_interval`, `grace_period`,
-    `max_retries`); the stage records it in the study so that every worker beats and judges alike."""
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    max_retries: int | None = 3
+    """How database workers show they are alive, and how often a point is retried (params
+    `batch_sweep.heartbeat_interval`, `grace_period`, `max_retries`); the stage records it in the study so
+    that every worker beats and judges alike."""
+    heartbeat_interval: int
+    grace_period: int
+    max_retries: int | None
 
     @classmethod
-    def from_params(cls, section: BatchSweepParams) -> Liveness:
+    def from_params(cls, section: BatchSweepParams | None = None) -> Liveness:
+        """From a params section; without one, the params' defaults."""
+        section = section or BatchSweepParams()
         return cls(section.heartbeat_interval, section.grace_period, section.max_retries)
 
 
@@ -455,7 +458,8 @@ def claim_trial(study: optuna.Study, settings: dict[str, Any], workers: Workers,
 
 
 def liveness_of(study: optuna.Study) -> Liveness:
-    return Liveness(**study.user_attrs.get(LIVENESS_ATTR, {}))
+    recorded = study.user_attrs.get(LIVENESS_ATTR)
+    return Liveness(**recorded) if recorded else Liveness.from_params()
 
 
 # ------------------------------------------------------------------------------------------- the data
@@ -659,7 +663,7 @@ def setup_study(url: str, study_name: str, settings: dict[str, Any], n_trials: i
     with sweep_workers(url, study_name, root).turn():
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
-        liveness = asdict(liveness or Liveness())
+        liveness = asdict(liveness or Liveness.from_params())
         if study.user_attrs.get(LIVENESS_ATTR) != liveness:
             study.set_user_attr(LIVENESS_ATTR, liveness)
         stored = study.user_attrs.get(SETTINGS_ATTR)
