@@ -101,7 +101,10 @@ def main() -> int:
                                 input_shape=list(splits.input_shape), num_classes=splits.num_classes,
                                 epoch=result.final.epoch, acc=result.final.test_acc)
         metrics_path = write_json(root / METRICS_PATH, summary)
-        write_plot_table(root / PLOT_PATH, [{"epoch": r.epoch, **r.metrics()} for r in result.history])
+        # without the epochs' wall times, which would change the git-tracked table on every rerun
+        curve = [{"epoch": r.epoch, **{key: value for key, value in r.metrics().items() if key != "seconds"}}
+                 for r in result.history]
+        write_plot_table(root / PLOT_PATH, curve)
         mlflow.log_metrics({key: float(value) for key, value in result.summary().items()
                             if isinstance(value, int | float) and value is not None})
         mlflow.log_metric("train_seconds", result.seconds)
