@@ -12,11 +12,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup repro test ui lint
 
-$(STAMP): pyproject.toml
+# The package with the pipelines' and the tests' extras, at the exact versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[pipelines,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from lossviz.data import load_splits
 from lossviz.directions import random_directions, save_directions
-from lossviz.engine import compute_surface, make_evaluator, select_examples
+from lossviz.engine import compute_surface, make_evaluator
 from lossviz.models import build_model
 from lossviz.runtime import configure_cpu
+from lossviz.tasks import select_examples
 
 N_EXAMPLES = 250
 

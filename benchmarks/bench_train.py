@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lossviz.data import DEBIAN_FASHION_MNIST_DIR, NORMALIZATION, Splits, read_fashion_mnist_dir, to_float
+from lossviz.data import DATASETS, DEBIAN_FASHION_MNIST_DIR, Splits, read_fashion_mnist_dir, to_float
 from lossviz.models import build_model
 from lossviz.runtime import configure_cpu
 from lossviz.training import TrainConfig, train
@@ -41,7 +41,7 @@ def torchvision_dataset(raw_dir: Path, workdir: Path):
     for packed in raw_dir.glob("*-ubyte.gz"):
         with gzip.open(packed) as source, open(target / packed.name.removesuffix(".gz"), "wb") as out:
             shutil.copyfileobj(source, out)
-    mean, std = NORMALIZATION["fashion_mnist"]
+    mean, std = DATASETS["fashion_mnist"].normalization
     return FashionMNIST(str(workdir), train=True, download=False,
                         transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)]))
 

@@ -7,28 +7,27 @@ import math
 import sys
 from pathlib import Path
 
-from lossviz import plots
+from lossviz import figures, pages
+from lossviz.surface import Surface
 
 
-def _load(path: str):
-    from lossviz.surface import Surface
-
+def _load(path: str) -> Surface:
     return Surface.load(path)
 
 
 def _plot(args: argparse.Namespace) -> int:
     surface = _load(args.file)
-    title = args.title or plots.surface_title(surface, Path(args.file).stem)
+    title = args.title or figures.surface_title(surface, Path(args.file).stem)
     z_scale = "linear" if args.linear else "log"
     radius = math.inf if args.no_clip else args.radius
     if not surface.is_2d:
-        figure = plots.slice_figure(surface, title=title, log=not args.linear)
+        figure = figures.slice_figure(surface, title=title, log=not args.linear)
     elif args.kind == "surface":
-        figure = plots.surface_figure(surface, title=title, z_scale=z_scale, clip_radius=radius)
+        figure = figures.surface_figure(surface, title=title, z_scale=z_scale, clip_radius=radius)
     else:
-        figure = plots.contour_figure(surface, title=title, style=args.kind, z_scale=z_scale, clip_radius=radius)
+        figure = figures.contour_figure(surface, title=title, style=args.kind, z_scale=z_scale, clip_radius=radius)
     out = args.output or str(Path(args.file).with_suffix(".html"))
-    print(plots.write_html(figure, out, title=title))
+    print(pages.write_html(figure, out, title=title))
     return 0
 
 
@@ -37,16 +36,16 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"--titles: {len(args.titles)} titles for {len(args.files)} files", file=sys.stderr)
         return 2
     surfaces = [_load(path) for path in args.files]
-    titles = args.titles or [plots.surface_title(s, Path(p).stem) for s, p in zip(surfaces, args.files,
+    titles = args.titles or [figures.surface_title(s, Path(p).stem) for s, p in zip(surfaces, args.files,
                                                                                   strict=True)]
-    figure = plots.compare_figure(surfaces, titles, shared_z=args.shared_z, columns=args.columns,
+    figure = figures.compare_figure(surfaces, titles, shared_z=args.shared_z, columns=args.columns,
                                   z_scale="linear" if args.linear else "log", title=args.title)
-    print(plots.write_html(figure, args.output))
+    print(pages.write_html(figure, args.output))
     return 0
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    print(plots.write_gallery(args.directory, args.output))
+    print(pages.write_gallery(args.directory, args.output))
     return 0
 
 
@@ -54,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot = subparsers.add_parser("plot", help="one surface file to a self-contained HTML page")
     plot.add_argument("file", help="surface file (.h5)")
     plot.add_argument("-o", "--output", help="HTML file to write (default: FILE with .html)")
-    plot.add_argument("--kind", choices=("surface", *plots.CONTOUR_STYLES), default="surface",
+    plot.add_argument("--kind", choices=("surface", *figures.CONTOUR_STYLES), default="surface",
                       help="3-D surface (default) or a 2-D view from above")
     plot.add_argument("--title", help="page and figure title (default: from the file's metadata)")
     plot.add_argument("--linear", action="store_true", help="plot the loss itself, not its natural log")

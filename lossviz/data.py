@@ -1,10 +1,13 @@
-"""Datasets: finding the raw files, checking them, preparing them as tensors, loading them for work.
+"""Datasets: the registry of those a user can name, finding their raw files, checking them, preparing them
+as tensors, loading them for work.
 
-Sources, in order: a directory the user names, Debian's `dataset-fashion-mnist` package, torchvision's
-download. Raw files are checked (gzip CRC, IDX structure, and the SHA-256 of the canonical payload) and a
-bad file is reported, never used. Prepared data are uint8 image tensors plus int64 labels, written with
-torch.save (byte-for-byte reproducible) and read with `weights_only=True`. Training and evaluation keep
-the whole dataset in memory as float tensors: no per-item PIL transforms.
+`DATASETS` holds one `DatasetSpec` per dataset: its shape, classes, normalization, reader and download.
+Sources, in order: a directory the user names, a Debian package holding the files (Fashion-MNIST's
+`dataset-fashion-mnist`), torchvision's download. Raw files are checked (gzip CRC, IDX structure, and the
+SHA-256 of the canonical payload) and a bad file is reported, never used. Prepared data are uint8 image
+tensors plus int64 labels, written with torch.save (byte-for-byte reproducible) and read with
+`weights_only=True`. Training and evaluation keep the whole dataset in memory as float tensors: no
+per-item PIL transforms.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion_mnist", "cifar10")
 
 # SHA-256 of the decompressed IDX payloads of the canonical Fashion-MNIST release. Debian's package and
 # torchvision's mirror compress them differently, so the payload, not the .gz, is what we check.
@@ -49,13 +52,6 @@ CIFAR10_BATCHES = {
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-# Per-channel statistics of the training sets, for the optional input normalization.
-NORMALIZATION = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10}
 
 
 class DataError(RuntimeError):
@@ -81,6 +77,13 @@ class TensorSplit:
     def to(self, device: torch.device | str) -> TensorSplit:
         return TensorSplit(self.x.to(device), self.y.to(device))
 
+    def first(self, count: int) -> TensorSplit:
+        return TensorSplit(self.x[:count], self.y[:count])
+
+    def fingerprint(self) -> list[float]:
+        """Size, sum of pixels (float64) and sum of labels: cheap, and any change of the data shows."""
+        return [len(self), float(self.x.sum(dtype=torch.float64)), float(self.y.sum())]
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -95,7 +98,12 @@ class Splits:
 
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES[self.dataset]
+        return get_dataset(self.dataset).num_classes
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resume file checks to know it was made from these data: each split's `fingerprint()`."""
+        return {name: split.fingerprint() if split is not None else None
+                for name, split in (("train", self.train), ("val", self.val), ("test", self.test))}
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -186,6 +194,8 @@ def read_fashion_mnist_dir(directory: str | Path, verify_checksums: bool = True)
 
 
 def _download_fashion_mnist(root: Path) -> Path:
+    # torchvision is imported here, not at the top: only this last-resort source needs it, and importing it
+    # doubles the start-up time of every stage and of `lossviz params check`.
     from torchvision.datasets import FashionMNIST
 
     FashionMNIST(str(root), train=True, download=True)
@@ -251,10 +261,43 @@ def read_cifar10_dir(directory: str | Path, verify_checksums: bool = True) -> di
 
 
 def _download_cifar10(root: Path) -> Path:
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # imported here for the reason given in _download_fashion_mnist
 
     CIFAR10(str(root), train=True, download=True)
     return root / "cifar-10-batches-py"
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset a user can name in params: what its examples look like and where its files come from."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # channels, height, width
+    num_classes: int
+    test_size: int  # examples in the official test split (params are checked against it before any stage runs)
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]  # per-channel mean and std of the training set
+    read_dir: Callable[..., dict[str, RawSplit]]  # (directory, verify_checksums=...) -> {"train", "test"} splits
+    download: Callable[[Path], Path]  # download under a root directory; returns the directory read_dir reads
+    debian_package: str | None = None  # a Debian package that installs the raw files, tried before a download
+    debian_dir: Path | None = None  # where that package puts them
+
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("fashion_mnist", (1, 28, 28), 10, 10_000, ((0.2860,), (0.3530,)), read_fashion_mnist_dir,
+                _download_fashion_mnist, "dataset-fashion-mnist", DEBIAN_FASHION_MNIST_DIR),
+    DatasetSpec("cifar10", (3, 32, 32), 10, 10_000, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                read_cifar10_dir, _download_cifar10),
+)}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The registered dataset `name`; an unknown name lists the allowed ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}") from None
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -269,19 +312,19 @@ class Source:
 
 def sources_for(dataset: str, user_dir: str | None, download_root: Path, allow_download: bool) -> list[Source]:
     """The places a dataset can come from, in the order they are tried."""
+    spec = get_dataset(dataset)
     sources: list[Source] = []
     if user_dir:
         sources.append(Source("directory", f"the directory {user_dir} (data.{dataset}_dir)",
                               lambda: Path(user_dir), f"check data.{dataset}_dir in params.yaml"))
-    if dataset == "fashion_mnist":
+    system_dir = spec.debian_dir
+    if spec.debian_package and system_dir is not None:
         sources.append(Source(
-            "debian", f"Debian's dataset-fashion-mnist package ({DEBIAN_FASHION_MNIST_DIR})",
-            lambda: DEBIAN_FASHION_MNIST_DIR if DEBIAN_FASHION_MNIST_DIR.is_dir() else None,
-            "apt-get install dataset-fashion-mnist"))
-    download = _download_fashion_mnist if dataset == "fashion_mnist" else _download_cifar10
+            "debian", f"Debian's {spec.debian_package} package ({system_dir})",
+            lambda: system_dir if system_dir.is_dir() else None, f"apt-get install {spec.debian_package}"))
     if allow_download:
         sources.append(Source("download", f"torchvision's download into {download_root}",
-                              lambda: download(download_root), "connect to the internet"))
+                              lambda: spec.download(download_root), "connect to the internet"))
     return sources
 
 
@@ -289,9 +332,7 @@ def read_dataset(dataset: str, user_dir: str | None = None, download_root: str |
                  allow_download: bool = True, verify_checksums: bool = True) -> tuple[dict[str, RawSplit], Source]:
     """Read `dataset` from the first source that works; otherwise raise one error listing each source
     tried, why it failed and how to fix it. A corrupt file is an error at once, never skipped over."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-    reader = read_fashion_mnist_dir if dataset == "fashion_mnist" else read_cifar10_dir
+    spec = get_dataset(dataset)
     tried = []
     for source in sources_for(dataset, user_dir, Path(download_root), allow_download):
         try:
@@ -303,12 +344,25 @@ def read_dataset(dataset: str, user_dir: str | None = None, download_root: str |
             tried.append(f"  - {source.describe}: not present (fix: {source.fix})")
             continue
         try:
-            return reader(location, verify_checksums=verify_checksums), source
+            splits = spec.read_dir(location, verify_checksums=verify_checksums)
         except DataError as error:
             if source.name == "directory" and "missing" not in str(error) and "no such" not in str(error):
                 raise  # a corrupt file the user pointed at: report it, never fall back silently
             tried.append(f"  - {source.describe}: {error} (fix: {source.fix})")
+            continue
+        _check_shape(spec, splits, source)
+        return splits, source
     raise DataError(f"could not obtain {dataset}; tried:\n" + "\n".join(tried))
+
+
+def _check_shape(spec: DatasetSpec, splits: dict[str, RawSplit], source: Source) -> None:
+    """Files in the right format can still hold other images (e.g. a user's 32×32 IDX files): refuse them here
+    rather than let a model built for `spec.input_shape` fail later."""
+    for split, raw in splits.items():
+        shape = tuple(raw.images.shape[1:])
+        if shape != spec.input_shape:
+            raise DataError(f"{source.describe}: {split} images are {shape} (channels, height, width); "
+                            f"{spec.name} images are {spec.input_shape}")
 
 
 # ------------------------------------------------------------------------------------ prepared tensors
@@ -355,15 +409,18 @@ def load_prepared(data_dir: str | Path, split: str) -> RawSplit:
 def to_float(raw: RawSplit, dataset: str, normalize: bool) -> TensorSplit:
     x = raw.images.float().div_(255.0)
     if normalize:
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in NORMALIZATION[dataset])
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in get_dataset(dataset).normalization)
         x = (x - mean) / std
     return TensorSplit(x, raw.labels.long())
 
 
 def load_splits(data_root: str | Path, dataset: str, val_size: int = 5000, seed: int = 0,
-                normalize: bool = False) -> Splits:
+                normalize: bool = False, max_train_examples: int | None = None) -> Splits:
     """The prepared dataset as in-memory float tensors, with a seeded validation split carved out of the
-    training set (`val_size` examples; 0 for none)."""
+    training set (`val_size` examples; 0 for none), then training on the first `max_train_examples` of the
+    rest (None: all of them)."""
+    if max_train_examples is not None and max_train_examples < 1:
+        raise ValueError(f"max_train_examples={max_train_examples} is not valid; allowed: null (all) or >= 1")
     data_dir = Path(data_root) / dataset
     train = to_float(load_prepared(data_dir, "train"), dataset, normalize)
     test = to_float(load_prepared(data_dir, "test"), dataset, normalize)
@@ -375,4 +432,6 @@ def load_splits(data_root: str | Path, dataset: str, val_size: int = 5000, seed:
         val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
         val = TensorSplit(train.x[val_idx], train.y[val_idx])
         train = TensorSplit(train.x[train_idx], train.y[train_idx])
+    if max_train_examples is not None:
+        train = train.first(max_train_examples)
     return Splits(train, val, test, dataset)

@@ -1,7 +1,9 @@
 """Directions in weight space: the axes of a loss-landscape plot.
 
 Owns random (normalized) directions, the target direction between two models, PCA directions of a
-training trajectory with the projection of its checkpoints, and the direction file (the official
+training trajectory with the projection of its checkpoints, directions along given weight-space vectors
+(`vector_directions`: the Hessian-eigenvector kind, kind="hessian", is made by
+`lossviz.curvature.hessian_directions` through it), and the direction file (the official
 loss-landscape tool's HDF5 layout, readable both ways).
 
 A direction is a dict {name: tensor} in the model's order: `named_parameters()` in "weights" mode, the
@@ -25,9 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
-IGNORES = ("biasbn", "none")
-MODES = ("weights", "states")
+from lossviz.options import IGNORES, MODES, NORMS
+
 DIRECTION_FORMAT = "lossviz-directions"
 DIRECTION_FORMAT_VERSION = 1
 # The official code adds this to norms it divides by, so that an all-zero filter stays zero.
@@ -167,14 +168,6 @@ def random_directions(model: nn.Module, seed: int = 0, norm: str = "filter", ign
     return Directions(x, y, mode, meta)
 
 
-def _as_tensors(source: nn.Module | Mapping[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
-    if isinstance(source, nn.Module):
-        return model_tensors(source, mode)
-    if mode == "weights":
-        raise TypeError("a state_dict has no parameter list: pass a module for mode='weights'")
-    return {name: t.detach() for name, t in source.items()}
-
-
 def _difference(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> Direction:
     if list(start) != list(end):
         raise ValueError("the two models do not have the same tensors (names or order differ)")
@@ -194,6 +187,37 @@ def target_direction(model_a: nn.Module, model_b: nn.Module, mode: str = "weight
     _check_choice("mode", mode, MODES)
     return Directions(_difference(model_tensors(model_a, mode), model_tensors(model_b, mode)), None, mode,
                       {"kind": "target"})
+
+
+def vector_directions(model: nn.Module, vectors: list[Mapping[str, torch.Tensor]], meta: dict[str, Any],
+                      norm: str = "none", ignore: str = "none", mode: str = "weights") -> Directions:
+    """Directions along one or two given weight-space vectors ({name: tensor}, the model's `mode` tensors),
+    e.g. Hessian eigenvectors. By default they are kept as given (norm="none", ignore="none": an
+    eigenvector stays an eigenvector); `norm` rescales tensors of 2+ dimensions like random directions,
+    ignore="biasbn" zeroes biases and BatchNorm. `meta` (its "kind" first) gets norm and ignore added."""
+    _check_choice("norm", norm, NORMS)
+    _check_choice("ignore", ignore, IGNORES)
+    _check_choice("mode", mode, MODES)
+    if not 1 <= len(vectors) <= 2:
+        raise ValueError(f"vectors: got {len(vectors)}; allowed: one or two (the x and optional y axis)")
+    tensors = model_tensors(model, mode)
+    axes = []
+    for vector in vectors:
+        if list(vector) != list(tensors):
+            raise ValueError(f"the vector's names do not match the model's {mode} tensors (names or order differ)")
+        axis: Direction = {}
+        for name, weight in tensors.items():
+            values = vector[name].detach().cpu().float().clone()
+            if tuple(values.shape) != tuple(weight.shape):
+                raise ValueError(f"{name}: the vector's shape {tuple(values.shape)} is not the model's "
+                                 f"{tuple(weight.shape)}")
+            if weight.dim() <= 1 and ignore == "biasbn":
+                values.zero_()
+            elif weight.dim() > 1:
+                normalize_direction(values, weight.detach().cpu().float(), norm)
+            axis[name] = values
+        axes.append(axis)
+    return Directions(axes[0], axes[1] if len(axes) > 1 else None, mode, {**meta, "norm": norm, "ignore": ignore})
 
 
 def _flatten(direction: Mapping[str, torch.Tensor]) -> torch.Tensor:

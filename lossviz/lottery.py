@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lossviz.checkpoints import atomic_save, atomic_write, cpu_state_dict, load_checkpoint, load_state_dict
-from lossviz.data import Splits, TensorSplit
+from lossviz.data import Splits
 from lossviz.pruning import (
     Mask,
     density,
@@ -159,22 +159,13 @@ def expected_random_mask(winning_mask: Mask, seed: int, level: int) -> Mask:
     return random_mask_like(mask_to_cpu(winning_mask), random_mask_generator(seed, level))
 
 
-def _data_fingerprint(splits: Splits) -> dict[str, Any]:
-    def data(split: TensorSplit | None) -> list[float] | None:
-        if split is None:
-            return None
-        return [len(split), float(split.x.sum(dtype=torch.float64)), float(split.y.sum())]
-
-    return {"train": data(splits.train), "val": data(splits.val), "test": data(splits.test)}
-
-
 def _identity(model: nn.Module, splits: Splits, config: TrainConfig, imp: IMPConfig) -> dict[str, Any]:
     return {"format": FORMAT,
             "imp": asdict(imp),
             "train": {k: v for k, v in asdict(config).items() if k != "progress"},
             "model": type(model).__name__,
             "parameters": {name: list(p.shape) for name, p in model.named_parameters()},
-            "data": _data_fingerprint(splits)}
+            "data": splits.fingerprint()}
 
 
 class Lottery:
@@ -308,11 +299,6 @@ class Lottery:
             self.callbacks.level_end(kind, level, result, directory, replayed)
 
     # -- the loops ----------------------------------------------------------------------------------------
-    def winning_masks(self) -> list[Mask]:
-        """m_0 … m_{levels−1} of the finished winning levels (read back from disk)."""
-        return [load_mask(level_dir(self.out_dir, "winning", level) / "mask.pt")
-                for level in range(self.imp.levels) if self.finished("winning", level)]
-
     def run_winning(self) -> list[LevelResult]:
         mask = full_mask(self.make_model())
         results = []
@@ -386,61 +372,3 @@ def load_results(out_dir: str | Path, kinds: Sequence[str] = KINDS) -> dict[str,
         if found:
             results[kind] = sorted(found, key=lambda r: r.level)
     return results
-
-
-def expected_remaining(sizes: Mapping[str, int], imp: IMPConfig) -> list[float]:
-    """P_m per level for per-layer pruning (the exact schedule, rounding included)."""
-    from lossviz.pruning import remaining_fractions
-
-    if imp.scope != "layer":
-        raise ValueError("the exact schedule is defined for per-layer pruning; global pruning depends on "
-                         "the weights")
-    return remaining_fractions(dict(sizes), imp.rate, imp.levels - 1, imp.output_rate)
-
-
-# -- figures ---------------------------------------------------------------------------------------------------
-
-def lottery_figure(results: Mapping[str, Sequence[LevelResult]], *, title: str = "Lottery tickets"):
-    """The seed paper's Figure 5 on one plotly figure: test accuracy and the early-stop iteration against
-    the fraction of weights remaining for every kind (log x, dense to sparse), and each kind's per-level
-    test-accuracy curves by epoch (one colour per level, shared by the kinds)."""
-    from plotly.colors import sample_colorscale
-    from plotly.subplots import make_subplots
-
-    from lossviz.plots import epoch_curves_figure, escape, remaining_weights_figure
-
-    kinds = list(results)
-    label = {"winning": "winning (IMP)", "random": "random ticket"}
-    accuracy = remaining_weights_figure({label.get(k, k): ([r.remaining for r in results[k]],
-                                                           [100 * r.test_acc for r in results[k]]) for k in kinds})
-    stops = remaining_weights_figure({label.get(k, k): ([r.remaining for r in results[k]],
-                                                        [r.early_stop_iteration for r in results[k]]) for k in kinds},
-                                     metric="early-stop iteration")
-    levels = sorted({r.level for k in kinds for r in results[k]})
-    colours = dict(zip(levels, sample_colorscale("Viridis", [i / max(len(levels) - 1, 1) for i in range(len(levels))]),
-                       strict=True))
-    columns = max(len(kinds), 2)
-    figure = make_subplots(
-        rows=2, cols=columns, vertical_spacing=0.14,
-        subplot_titles=["test accuracy at the early-stop point", "early-stop iteration",
-                        *[f"{label.get(k, k)}: test accuracy by epoch" for k in kinds]])
-    for col, source in ((1, accuracy), (2, stops)):
-        for trace in source.data:
-            trace.update(legendgroup=trace.name, showlegend=col == 1)
-            figure.add_trace(trace, row=1, col=col)
-        figure.update_xaxes(type="log", autorange="reversed", title_text="weights remaining (%)", row=1, col=col)
-    figure.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
-    figure.update_yaxes(title_text="iteration", row=1, col=2)
-    for col, kind in enumerate(kinds, start=1):
-        curves = epoch_curves_figure({f"level {r.level} (P_m {100 * r.remaining:.1f}%)":
-                                      ([h["epoch"] for h in r.history], [100 * h["test_acc"] for h in r.history])
-                                      for r in results[kind]})
-        for result, trace in zip(results[kind], curves.data, strict=True):
-            trace.update(line={"color": colours[result.level]}, marker={"color": colours[result.level]},
-                         legendgroup=f"level {result.level}", showlegend=col == 1)
-            figure.add_trace(trace, row=2, col=col)
-        figure.update_xaxes(title_text="epoch", row=2, col=col)
-        figure.update_yaxes(title_text="test accuracy (%)", row=2, col=col)
-    figure.update_layout(title={"text": escape(title)}, height=900,
-                         meta={"lossviz": {"kind": "curves", "title": title}})
-    return figure

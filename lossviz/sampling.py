@@ -4,8 +4,9 @@ Owns the two answers to that question:
 
 - the sample-size study (the seed paper's Figures 2–3): surfaces of one model along the same directions at
   several numbers of examples n, each compared with the largest: `compare_sample_sizes` (Pearson and RMSE of
-  ln(loss), argmin distance, mean standard error, wall time, speed-up) and `sample_size_figure`;
-- the adaptive choice, `n_examples="auto"` in `compute_surface`: evaluate a coarse pilot grid at increasing
+  ln(loss), argmin distance, mean standard error, wall time, speed-up), drawn by `lossviz.figures.sample_size_figure`;
+- the adaptive choice, `n_examples="auto"` in `compute_surface` (this module's, which `lossviz.compute_surface`
+  is: the engine's plus "auto"): evaluate a coarse pilot grid at increasing
   n and take the smallest n whose worst per-point standard error of ln(loss) inside the clip disk is below
   a tolerance (`choose_n_examples`, `adaptive_surface`, configured by `AutoExamples`).
 
@@ -22,19 +23,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from torch import nn
 
+from lossviz import distributed, engine
 from lossviz.directions import Directions
-from lossviz.engine import LossFn, compute_surface, cross_entropy_per_example, make_evaluator, select_examples
-from lossviz.metrics import default_clip_radius
-from lossviz.stats import surface_fidelity
-from lossviz.surface import Surface, outside_radius
+from lossviz.engine import make_evaluator
+from lossviz.stats import finite_or_none, surface_fidelity
+from lossviz.surface import Surface, clip_radius_of, default_clip_radius, half_span_radius, outside_radius
+from lossviz.tasks import LossFn, cross_entropy_per_example, select_examples
 
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_CANDIDATES = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -53,7 +53,6 @@ class AutoExamples:
     tolerance: float = DEFAULT_TOLERANCE
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     pilot_points: int = DEFAULT_PILOT_POINTS
-    adaptive: ClassVar[bool] = True  # how compute_surface recognizes it
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tolerance, int | float) and math.isfinite(self.tolerance) and self.tolerance > 0):
@@ -101,13 +100,6 @@ def ln_loss_se(surface: Surface) -> np.ndarray:
     return np.where(np.isfinite(result), result, np.nan)
 
 
-def clip_radius_of(surface: Surface, clip_radius: float | None = None) -> float:
-    """The disk the checks look inside: the given radius, else the surface's own, else LossPlot's."""
-    if clip_radius is not None:
-        return float(clip_radius)
-    return float(surface.meta.get("clip_radius") or default_clip_radius(surface))
-
-
 def max_ln_loss_se(surface: Surface, clip_radius: float | None = None) -> float:
     """The worst standard error of ln(loss) over the computed points inside the clip disk; inf when one of
     them has none (a single example, or a zero loss)."""
@@ -136,13 +128,6 @@ def effective_candidates(candidates: Sequence[int], n_available: int) -> list[in
     return [n for n in capped if n >= 2] or [n_available]
 
 
-def _grid_radius(xs: np.ndarray, ys: np.ndarray | None, clip_radius: float | None) -> float:
-    if clip_radius is not None:
-        return float(clip_radius)
-    spans = [np.ptp(xs)] + ([np.ptp(ys)] if ys is not None else [])
-    return float(max(spans)) / 2
-
-
 def choose_n_examples(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
                       xs: Sequence[float], ys: Sequence[float] | None = None, *, auto: AutoExamples | str = "auto",
                       seed: int = 0, loss_fn: LossFn = cross_entropy_per_example, batch_size: int | None = None,
@@ -155,11 +140,11 @@ def choose_n_examples(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     auto = as_auto(auto)
     xs = np.asarray(xs, float).ravel()
     ys = None if ys is None else np.asarray(ys, float).ravel()
-    radius = _grid_radius(xs, ys, clip_radius)
+    radius = float(clip_radius) if clip_radius is not None else half_span_radius(xs, ys)
     pilot_x, pilot_y = pilot_axes(xs, ys, auto.pilot_points)
     trials: list[tuple[int, float]] = []
     for n in effective_candidates(auto.candidates, len(targets)):
-        pilot = compute_surface(model, inputs, targets, directions, pilot_x, pilot_y, n_examples=n, seed=seed,
+        pilot = engine.compute_surface(model, inputs, targets, directions, pilot_x, pilot_y, n_examples=n, seed=seed,
                                 loss_fn=loss_fn, batch_size=batch_size, device=device, clip_radius=radius,
                                 progress=progress, method=method, points_per_batch=points_per_batch)
         worst = max_ln_loss_se(pilot, radius)
@@ -175,31 +160,42 @@ def adaptive_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
                      seed: int = 0, loss_fn: LossFn = cross_entropy_per_example, batch_size: int | None = None,
                      device: str | torch.device = "auto", clip_radius: float | None = None,
                      out: str | Path | None = None, progress: bool = True, method: str = "auto",
-                     points_per_batch: int | None = None, meta: dict[str, Any] | None = None) -> Surface:
+                     points_per_batch: int | None = None, meta: dict[str, Any] | None = None,
+                     adaptive: Any = None) -> Surface:
     """`compute_surface(..., n_examples="auto")`: choose n on a pilot grid, then compute the surface with it.
     The surface's meta holds the chosen `n_examples`, the pilot's findings (`auto_*`) and the error achieved
     on the whole grid inside the clip disk (`auto_max_ln_loss_se`)."""
     choice = choose_n_examples(model, inputs, targets, directions, xs, ys, auto=auto, seed=seed, loss_fn=loss_fn,
                                batch_size=batch_size, device=device, clip_radius=clip_radius, method=method,
                                points_per_batch=points_per_batch, progress=progress)
-    surface = compute_surface(model, inputs, targets, directions, xs, ys, n_examples=choice.n_examples, seed=seed,
-                              loss_fn=loss_fn, batch_size=batch_size, device=device, clip_radius=clip_radius,
-                              out=out, progress=progress, method=method, points_per_batch=points_per_batch,
-                              meta={**(meta or {}), **choice.meta()})
-    radius = _grid_radius(surface.xs, surface.ys, clip_radius)
+    surface = engine.compute_surface(model, inputs, targets, directions, xs, ys, n_examples=choice.n_examples,
+                                     seed=seed, loss_fn=loss_fn, batch_size=batch_size, device=device,
+                                     clip_radius=clip_radius, out=out, progress=progress, method=method,
+                                     points_per_batch=points_per_batch, meta={**(meta or {}), **choice.meta()},
+                                     adaptive=adaptive)
+    radius = float(clip_radius) if clip_radius is not None else default_clip_radius(surface)
     surface.meta["auto_max_ln_loss_se"] = max_ln_loss_se(surface, radius)
     if out is not None and surface.meta.get("complete"):
         surface.save(out)  # the achieved error is known only now: rewrite the file with it
     return surface
 
 
+def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
+                    xs: Sequence[float], ys: Sequence[float] | None = None,
+                    n_examples: int | str | AutoExamples | None = 250, **kwargs: Any) -> Surface:
+    """`lossviz.engine.compute_surface` (see it for every argument), with `n_examples` also "auto" or an
+    `AutoExamples`: n is then chosen on a pilot grid first (`adaptive_surface`)."""
+    if isinstance(n_examples, int | np.integer) or n_examples is None:
+        return engine.compute_surface(model, inputs, targets, directions, xs, ys, n_examples=n_examples, **kwargs)
+    auto = as_auto(n_examples)
+    if distributed.rank() != 0:  # only rank 0 may write `out` (adaptive_surface rewrites it at the end)
+        kwargs["out"] = None
+    return adaptive_surface(model, inputs, targets, directions, xs, ys, auto, **kwargs)
+
+
 # -- the sample-size study --------------------------------------------------------------------------------
 STUDY_KEYS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "mean_loss_se", "mean_ln_loss_se",
               "max_ln_loss_se", "seconds", "speedup", "cpu_seconds", "cpu_speedup", "point_seconds", "point_speedup")
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -245,10 +241,10 @@ def compare_sample_sizes(surfaces: Mapping[int, Surface], seconds: Mapping[int, 
         ln_se = ln_loss_se(surface)[computed]
         rows.append({
             "n": int(n),
-            **{key: _finite_or_none(value) for key, value in fidelity.items()},
-            "mean_loss_se": _finite_or_none(float(np.mean(se))) if se.size else None,
-            "mean_ln_loss_se": _finite_or_none(float(np.mean(ln_se))) if ln_se.size else None,
-            "max_ln_loss_se": _finite_or_none(max_ln_loss_se(surface, clip_radius)),
+            **{key: finite_or_none(value) for key, value in fidelity.items()},
+            "mean_loss_se": finite_or_none(float(np.mean(se))) if se.size else None,
+            "mean_ln_loss_se": finite_or_none(float(np.mean(ln_se))) if ln_se.size else None,
+            "max_ln_loss_se": finite_or_none(max_ln_loss_se(surface, clip_radius)),
             "seconds": float(seconds[n]),
             "speedup": _ratio(seconds[reference_n], seconds[n]),
         })
@@ -284,43 +280,3 @@ def time_per_point(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         for evaluator in evaluators.values():
             evaluator.close()
     return best
-
-
-def sample_size_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Fidelity and speed-up vs number of "
-                       "examples", tolerance: float | None = None) -> go.Figure:
-    """Top: Pearson correlation of ln(loss) with the largest-n surface, and the speed-up (log axis, right).
-    Bottom: RMSE of ln(loss) against it, and the mean and worst per-point standard error of ln(loss), with the
-    adaptive tolerance as a line when given. x: the number of examples, log scale."""
-    ns = [row["n"] for row in rows]
-
-    def series(key: str) -> list[float | None]:
-        return [row.get(key) for row in rows]
-
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           specs=[[{"secondary_y": True}], [{"secondary_y": False}]],
-                           subplot_titles=("shape fidelity and cost", "errors in ln(loss)"))
-    line = {"mode": "lines+markers", "marker": {"size": 7}}
-    figure.add_trace(go.Scatter(x=ns, y=series("pearson_ln_loss"), name="Pearson r of ln(loss)", **line),
-                     row=1, col=1, secondary_y=False)
-    figure.add_trace(go.Scatter(x=ns, y=series("speedup"), name="speed-up (× vs largest n)",
-                                line={"dash": "dot"}, **line), row=1, col=1, secondary_y=True)
-    for key, name in (("cpu_speedup", "speed-up in CPU time"), ("point_speedup", "speed-up per point (best round)")):
-        if any(row.get(key) is not None for row in rows):
-            figure.add_trace(go.Scatter(x=ns, y=series(key), name=name, line={"dash": "dashdot"}, **line),
-                             row=1, col=1, secondary_y=True)
-    figure.add_trace(go.Scatter(x=ns, y=series("rmse_ln_loss"), name="RMSE of ln(loss)", **line), row=2, col=1)
-    figure.add_trace(go.Scatter(x=ns, y=series("mean_ln_loss_se"), name="mean SE of ln(loss)", **line),
-                     row=2, col=1)
-    figure.add_trace(go.Scatter(x=ns, y=series("max_ln_loss_se"), name="worst SE of ln(loss) in the disk",
-                                **line), row=2, col=1)
-    if tolerance is not None:
-        figure.add_hline(y=tolerance, line_dash="dash", line_color="grey", row=2, col=1,
-                         annotation_text=f"auto tolerance {tolerance:g}")
-    figure.update_xaxes(type="log", title_text="number of evaluation examples n", row=2, col=1)
-    figure.update_xaxes(type="log", row=1, col=1)
-    figure.update_yaxes(title_text="Pearson r", row=1, col=1, secondary_y=False)
-    figure.update_yaxes(title_text="speed-up", type="log", row=1, col=1, secondary_y=True)
-    figure.update_yaxes(title_text="ln(loss) units", type="log", row=2, col=1)
-    figure.update_layout(title={"text": title}, height=760, hovermode="x unified",
-                         meta={"lossviz": {"kind": "sample_size", "title": title}})
-    return figure

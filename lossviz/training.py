@@ -46,7 +46,8 @@ Masks = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Validated on creation; an error names the field, the value and what is allowed."""
+    """How to train. Validated on creation; an error names the field, the value and what is allowed.
+    These defaults are also the params' (`lossviz.params.TrainingSettings`), where a section names no other."""
 
     epochs: int = 3
     batch_size: int = 256  # 1 … the whole training set; the last batch of an epoch may be smaller
@@ -89,11 +90,15 @@ class TrainConfig:
         resolve_device(self.device)  # raises naming `device` and the allowed spellings
 
     @classmethod
+    def fields_in(cls, settings: Any) -> dict[str, Any]:
+        """The config's fields that `settings` (e.g. a params section) holds as attributes, by name: the one
+        mapping from settings to a config (a sweep stores this dict and rebuilds its configs from it)."""
+        return {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+
+    @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
-        """A config from any object holding some of its fields as attributes (a params section), the rest
-        left at their defaults; `overrides` win."""
-        given = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
-        return cls(**{**given, **overrides})
+        """A config from `fields_in(settings)`, the rest left at their defaults; `overrides` win."""
+        return cls(**{**cls.fields_in(settings), **overrides})
 
 
 @dataclass(frozen=True)
@@ -274,17 +279,12 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def _fingerprint(model: nn.Module, config: TrainConfig, splits: Splits, masks: Masks) -> dict[str, Any]:
     """What must match for a resume checkpoint to belong to this run: the config (less the progress bar),
     the model's parameter shapes, the data sizes and sums, the masks' live counts."""
-    def data(split: TensorSplit | None) -> list[float] | None:
-        if split is None:
-            return None
-        return [len(split), float(split.x.sum(dtype=torch.float64)), float(split.y.sum())]
-
     settings = {key: value for key, value in asdict(config).items() if key != "progress"}
     return {
         "config": settings,
         "model": type(model).__name__,
         "parameters": {name: list(p.shape) for name, p in model.named_parameters()},
-        "data": {"train": data(splits.train), "val": data(splits.val), "test": data(splits.test)},
+        "data": splits.fingerprint(),
         "masks": {name: int(mask.sum()) for name, mask in sorted(masks.items())},
     }
 
@@ -321,98 +321,125 @@ def train(model: nn.Module, splits: Splits, config: TrainConfig | None = None, *
     configure_cpu()
     device = resolve_device(config.device)
     masks = check_masks(model, masks or {})
-    train_split = splits.train
-    if not 1 <= config.batch_size <= len(train_split):
-        raise ValueError(f"batch_size={config.batch_size} is not valid; allowed: 1 … {len(train_split)} "
-                         "(the training-set size)")
-    if splits.val is None and (config.lr_plateau or config.early_stopping):
-        raise ValueError("lr_plateau and early_stopping need a validation split (val_size > 0); "
-                         f"got lr_plateau={config.lr_plateau}, early_stopping={config.early_stopping}")
+    _check_splits(splits, config)
     if device.type == "cuda":  # the deterministic convolution algorithms, so that a seed fixes the run
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-    fingerprint = _fingerprint(model, config, splits, masks)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
-    train_data = _to_device(train_split, device, config.channels_last)
-    val_data = _to_device(splits.val, device, config.channels_last)
-    test_data = _to_device(splits.test, device, config.channels_last)
-    order_seed, global_seed = _derived_seeds(config.seed)
-    train_eval_data = _train_subset(train_data, config.train_eval_examples, order_seed + 1)
-    live = [(parameter, masks[name].to(device=device, dtype=parameter.dtype))
-            for name, parameter in model.named_parameters() if name in masks]
-
-    optimizer = _make_optimizer(model, config)
-    scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
-        if config.lr_plateau else None)
-    data_order = torch.Generator().manual_seed(order_seed)
-    run = _Progress()
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_training_state(checkpoint_path)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(f"{checkpoint_path}: resume checkpoint belongs to a different run (differs in "
-                             f"{_describe_mismatch(state['fingerprint'], fingerprint)}); delete it or choose "
-                             "another checkpoint path")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        restore_rng_states(state["rng"], data_order)
-        run = _Progress.from_checkpoint(state)
-        for record in run.history:
-            for callback in callbacks:
-                callback(record, True)
-    else:
-        seed_everything(global_seed)
-    resumed_from = len(run.history) if checkpoint_path is not None and run.history else None
-    with torch.no_grad():  # a mask holds from the first step: w = m ⊙ w
-        for parameter, mask in live:
-            parameter.mul_(mask)
-
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    progress = tqdm(total=config.epochs * steps_per_epoch, initial=len(run.history) * steps_per_epoch,
+    run = _TrainingRun(model, splits, config, masks, device, checkpoint_path)
+    history_before = run.resume_or_seed(callbacks)
+    progress = tqdm(total=config.epochs * run.steps_per_epoch, initial=history_before * run.steps_per_epoch,
                     disable=not config.progress, unit="step", desc=f"train {type(model).__name__}",
                     mininterval=1.0, dynamic_ncols=True)
     model.train()
     try:
-        while len(run.history) < config.epochs and not run.stopped_early:
-            epoch_started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            steps = _train_epoch(model, optimizer, train_data, config.batch_size, data_order, live, progress)
-            train_loss, train_acc = _measure(model, train_eval_data, config.eval_batch_size)
-            val_loss, val_acc = _measure(model, val_data, config.eval_batch_size)
-            test_loss, test_acc = _measure(model, test_data, config.eval_batch_size)
-            record = EpochRecord(epoch=len(run.history) + 1, iteration=run.iteration + steps, lr=lr,
-                                 seconds=time.perf_counter() - epoch_started,
-                                 train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                                 val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
-            if scheduler is not None:
-                scheduler.step(record.val_loss)
-            run.record(record, model, config)
-            if checkpoint_path is not None:
-                save_training_state(checkpoint_path, {
-                    "fingerprint": fingerprint, "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": capture_rng_states(data_order), **run.to_checkpoint()})
+        while len(run.progress.history) < config.epochs and not run.progress.stopped_early:
+            record = run.epoch(progress)
             progress.set_postfix(_postfix(record), refresh=False)
             for callback in callbacks:
                 callback(record, False)
     finally:
         progress.close()
+    return run.result(started, resumed_from=history_before or None)
 
-    best, final = run.best, run.history[-1]
-    if config.early_stopping and best is not None:
-        model.load_state_dict(best.state_dict)
-        final = run.history[best.epoch - 1]
-    model.to(memory_format=torch.contiguous_format)
-    return TrainResult(history=run.history, final=final,
-                       best_epoch=best.epoch if best else None, best_iteration=best.iteration if best else None,
-                       stopped_epoch=len(run.history), stopped_early=run.stopped_early, iterations=run.iteration,
-                       resumed_from_epoch=resumed_from, seconds=time.perf_counter() - started)
+
+def _check_splits(splits: Splits, config: TrainConfig) -> None:
+    if not 1 <= config.batch_size <= len(splits.train):
+        raise ValueError(f"batch_size={config.batch_size} is not valid; allowed: 1 … {len(splits.train)} "
+                         "(the training-set size)")
+    if splits.val is None and (config.lr_plateau or config.early_stopping):
+        raise ValueError("lr_plateau and early_stopping need a validation split (val_size > 0); "
+                         f"got lr_plateau={config.lr_plateau}, early_stopping={config.early_stopping}")
+
+
+class _TrainingRun:
+    """One training run's state: the model on its device, the data, the masks, optimizer, scheduler, the
+    data-order generator and the history; saved after every epoch when there is a checkpoint path."""
+
+    def __init__(self, model: nn.Module, splits: Splits, config: TrainConfig, masks: Masks, device: torch.device,
+                 checkpoint_path: str | Path | None):
+        self.model, self.config = model, config
+        self.fingerprint = _fingerprint(model, config, splits, masks)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=memory_format)
+        self.train_data = _to_device(splits.train, device, config.channels_last)
+        self.val_data = _to_device(splits.val, device, config.channels_last)
+        self.test_data = _to_device(splits.test, device, config.channels_last)
+        order_seed, self.global_seed = _derived_seeds(config.seed)
+        self.train_eval_data = _train_subset(self.train_data, config.train_eval_examples, order_seed + 1)
+        self.live = [(parameter, masks[name].to(device=device, dtype=parameter.dtype))
+                     for name, parameter in model.named_parameters() if name in masks]
+        self.optimizer = _make_optimizer(model, config)
+        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
+            if config.lr_plateau else None)
+        self.data_order = torch.Generator().manual_seed(order_seed)
+        self.progress = _Progress()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.steps_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
+
+    def resume_or_seed(self, callbacks: Sequence[EpochCallback]) -> int:
+        """Continue from the checkpoint when there is one (replaying its epochs to the callbacks), else seed
+        the run; then apply the masks (w = m ⊙ w from the first step). Returns the epochs already done."""
+        path = self.checkpoint_path
+        if path is not None and path.exists():
+            state = load_training_state(path)
+            if state["fingerprint"] != self.fingerprint:
+                raise ValueError(f"{path}: resume checkpoint belongs to a different run (differs in "
+                                 f"{_describe_mismatch(state['fingerprint'], self.fingerprint)}); delete it or "
+                                 "choose another checkpoint path")
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            restore_rng_states(state["rng"], self.data_order)
+            self.progress = _Progress.from_checkpoint(state)
+            for record in self.progress.history:
+                for callback in callbacks:
+                    callback(record, True)
+        else:
+            seed_everything(self.global_seed)
+        with torch.no_grad():
+            for parameter, mask in self.live:
+                parameter.mul_(mask)
+        return len(self.progress.history) if path is not None else 0
+
+    def epoch(self, progress: tqdm) -> EpochRecord:
+        """Train one epoch, measure the splits, step the scheduler, record and save."""
+        config, run = self.config, self.progress
+        epoch_started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        steps = _train_epoch(self.model, self.optimizer, self.train_data, config.batch_size, self.data_order,
+                             self.live, progress)
+        train_loss, train_acc = _measure(self.model, self.train_eval_data, config.eval_batch_size)
+        val_loss, val_acc = _measure(self.model, self.val_data, config.eval_batch_size)
+        test_loss, test_acc = _measure(self.model, self.test_data, config.eval_batch_size)
+        record = EpochRecord(epoch=len(run.history) + 1, iteration=run.iteration + steps, lr=lr,
+                             seconds=time.perf_counter() - epoch_started,
+                             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                             val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
+        if self.scheduler is not None:
+            self.scheduler.step(record.val_loss)
+        run.record(record, self.model, config)
+        if self.checkpoint_path is not None:
+            save_training_state(self.checkpoint_path, {
+                "fingerprint": self.fingerprint, "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng": capture_rng_states(self.data_order), **run.to_checkpoint()})
+        return record
+
+    def result(self, started: float, resumed_from: int | None) -> TrainResult:
+        """The headline numbers; with early stopping the model is given its best weights back."""
+        run = self.progress
+        best, final = run.best, run.history[-1]
+        if self.config.early_stopping and best is not None:
+            self.model.load_state_dict(best.state_dict)
+            final = run.history[best.epoch - 1]
+        self.model.to(memory_format=torch.contiguous_format)
+        return TrainResult(history=run.history, final=final,
+                           best_epoch=best.epoch if best else None, best_iteration=best.iteration if best else None,
+                           stopped_epoch=len(run.history), stopped_early=run.stopped_early, iterations=run.iteration,
+                           resumed_from_epoch=resumed_from, seconds=time.perf_counter() - started)
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSplit, batch_size: int,

@@ -16,8 +16,7 @@ from typing import Any
 
 from lossviz.checkpoints import atomic_write
 from lossviz.params import Params, ParamsError, load_params
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+from pipelines.code_deps import PACKAGE_ROOT, code_files
 
 
 def repo_root() -> Path:
@@ -61,13 +60,14 @@ RESUME_DIR = Path("tmp/resume")
 def resume_path(root: Path, stage: str, used_params: dict, inputs: Iterable[Path] = (), suffix: str = "") -> Path:
     """Where a stage keeps its resumable work: under `tmp/resume/` (git-ignored, unknown to DVC, which
     deletes a stage's outputs before running it), named by a digest of everything that shapes the run:
-    the params it uses, its input files and the package code. A killed run restarted finds its work; a
-    changed run starts afresh."""
+    the params it uses, its input files and the code the stage runs (`pipelines.code_deps`, the same files
+    as its dvc.yaml deps: editing the viewer does not discard a half-trained ticket). A killed run restarted
+    finds its work; a changed run starts afresh."""
     digest = hashlib.sha256(json.dumps(used_params, sort_keys=True, default=str).encode())
     for path in inputs:
         digest.update(Path(path).read_bytes())
-    for source in sorted((*PACKAGE_ROOT.glob("lossviz/*.py"), *PACKAGE_ROOT.glob("pipelines/*.py"))):
-        digest.update(source.read_bytes())
+    for source in code_files(f"pipelines.{stage}"):
+        digest.update(source.encode() + b"\0" + (PACKAGE_ROOT / source).read_bytes())
     return root / RESUME_DIR / f"{stage}-{digest.hexdigest()[:16]}{suffix}"
 
 

@@ -25,13 +25,15 @@ import numpy as np
 import torch
 
 from lossviz.checkpoints import load_model_weights
-from lossviz.data import DataError, load_splits
+from lossviz.data import DataError, Splits, load_splits
 from lossviz.directions import random_directions
 from lossviz.engine import compute_surface
-from lossviz.lottery import LevelResult, level_dir, load_mask, load_results, lottery_figure
+from lossviz.figures import compare_figure, lottery_figure, shape_metrics
+from lossviz.lottery import LevelResult, level_dir, load_mask, load_results
 from lossviz.models import build_model
+from lossviz.pages import write_html
 from lossviz.params import Params
-from lossviz.plots import compare_figure, shape_metrics, write_html
+from lossviz.stats import finite_or_none
 from lossviz.surface import Surface
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json
 from pipelines.tracking import stage_run
@@ -87,8 +89,6 @@ def ticket_surface(params: Params, root: Path, work: Path, test, input_shape, nu
     mask = load_mask(directory / "mask.pt")
     directions = random_directions(model, seed=section.direction_seed, norm=section.norm, ignore=section.ignore,
                                    mask=mask)
-    for axis in directions.axes():  # the plane stays inside the ticket's subspace
-        assert all(not axis[name][~keep].any() for name, keep in mask.items())
     grid = np.linspace(-section.extent, section.extent, section.grid_points)
     p_m = f"{100 * result.remaining:.1f}%"
     print(f"{STAGE}: {kind} level {result.level} (P_m {p_m}): {section.grid_points}×{section.grid_points}",
@@ -106,20 +106,11 @@ def main() -> int:
     root = repo_root()
     params = stage_params(root)
     section = params.lottery_landscapes
-    problems = check(params, root)
-    if not problems:
-        try:
-            splits = load_splits(data_root(root), params.lottery.dataset, val_size=0, seed=params.seed,
-                                 normalize=params.data.normalize)
-        except (ValueError, DataError) as error:
-            problems.append(str(error))
-        else:
-            if section.n_examples > len(splits.test):
-                problems.append(f"lottery_landscapes.n_examples: got {section.n_examples}; allowed: 1 … "
-                                f"{len(splits.test)} (the test-set size)")
-    if problems:
-        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
+    loaded = load_test_split(params, root)
+    if isinstance(loaded, list):
+        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in loaded), file=sys.stderr)
         return 2
+    splits = loaded
     results = load_results(root / TICKETS)
     by_level = {kind: {r.level: r for r in results[kind]} for kind in results}
     work = work_dir(root, params)
@@ -131,50 +122,19 @@ def main() -> int:
         mlflow.log_params(used_params(params))
         mlflow.log_metrics({"grid_points": section.grid_points, "n_examples": section.n_examples,
                             "extent": section.extent})
-        surfaces: dict[tuple[str, int], Surface] = {}
-        for kind in section.kinds:
-            for level in section.levels:
-                surfaces[kind, level] = ticket_surface(params, root, work, splits.test, splits.input_shape,
-                                                       splits.num_classes, kind, by_level[kind][level])
+        surfaces = {(kind, level): ticket_surface(params, root, work, splits.test, splits.input_shape,
+                                                  splits.num_classes, kind, by_level[kind][level])
+                    for kind in section.kinds for level in section.levels}
         metrics = {key: shape_metrics(surface) for key, surface in surfaces.items()}
-
-        surface_dir, report_dir = root / SURFACE_DIR, root / REPORT_DIR
+        surface_dir = root / SURFACE_DIR
         surface_dir.mkdir(parents=True, exist_ok=True)
         for kind, level in surfaces:
             shutil.copy2(work / surface_name(kind, level), surface_dir / surface_name(kind, level))
-        model_name = f"{params.lottery.model} on {params.lottery.dataset}"
-        clip = section.extent if section.clip else None
-        pages = []
-        figure_numbers = {"winning": 6, "random": 7}
-        for kind in section.kinds:
-            keys = [(kind, level) for level in section.levels]
-            pages.append(write_html(compare_figure(
-                [surfaces[k] for k in keys], columns=3, clip_radius=clip, shared_z=section.shared_z,
-                metrics=[metrics[k] for k in keys],
-                title=f"{METHOD[kind]} tickets of {model_name} as pruning proceeds (seed paper, Figure "
-                      f"{figure_numbers[kind]}); subplot titles: method, P_m, test accuracy"),
-                report_dir / f"{kind}.html"))
-        if len(section.kinds) > 1:
-            keys = [(kind, level) for level in section.levels for kind in section.kinds]
-            pages.append(write_html(compare_figure(
-                [surfaces[k] for k in keys], columns=len(section.kinds), clip_radius=clip,
-                shared_z=section.shared_z, metrics=[metrics[k] for k in keys],
-                title=f"{model_name}: winning vs random tickets at the same P_m, level by level"),
-                report_dir / "side_by_side.html"))
-        pages.append(write_html(lottery_figure(
-            results, title=f"Lottery tickets of {model_name}: winning (IMP) vs random masks (seed paper, Figure 5)"),
-            report_dir / "figure5.html"))
-
-        summary = {"model": params.lottery.model, "dataset": params.lottery.dataset,
-                   "grid_points": section.grid_points}
-        for kind in section.kinds:
-            summary[kind] = {f"level_{level:02d}": {"remaining": by_level[kind][level].remaining,
-                                                     "test_acc": by_level[kind][level].test_acc,
-                                                     **_plain(metrics[kind, level])} for level in section.levels}
-            for level in section.levels:
-                mlflow.log_metrics({f"{kind}_{key}": value for key, value in _plain(metrics[kind, level]).items()
-                                    if value is not None}, step=level)
-        metrics_path = write_json(root / METRICS_PATH, summary)
+        pages = write_pages(root / REPORT_DIR, params, surfaces, metrics, results)
+        metrics_path = write_json(root / METRICS_PATH, metrics_summary(params, by_level, metrics))
+        for kind, level in surfaces:
+            mlflow.log_metrics({f"{kind}_{key}": value for key, value in _plain(metrics[kind, level]).items()
+                                if value is not None}, step=level)
         for page in pages:
             mlflow.log_artifact(str(page), "reports")
         mlflow.log_artifact(str(metrics_path))
@@ -186,10 +146,64 @@ def main() -> int:
     return 0
 
 
+def load_test_split(params: Params, root: Path) -> Splits | list[str]:
+    """The lottery's dataset (test split used), or every problem found with the params."""
+    problems = check(params, root)
+    if problems:
+        return problems
+    try:
+        splits = load_splits(data_root(root), params.lottery.dataset, val_size=0, seed=params.seed,
+                             normalize=params.data.normalize)
+    except (ValueError, DataError) as error:
+        return [str(error)]
+    n_examples = params.lottery_landscapes.n_examples
+    if n_examples > len(splits.test):
+        return [f"lottery_landscapes.n_examples: got {n_examples}; allowed: 1 … {len(splits.test)} "
+                "(the test-set size)"]
+    return splits
+
+
+def write_pages(report_dir: Path, params: Params, surfaces: dict[tuple[str, int], Surface],
+                metrics: dict[tuple[str, int], dict], results: dict[str, list[LevelResult]]) -> list[Path]:
+    """The seed paper's Figures 5-7: each kind's surfaces as pruning proceeds, both kinds level by level, and
+    the tickets' accuracy curves."""
+    section = params.lottery_landscapes
+    model_name = f"{params.lottery.model} on {params.lottery.dataset}"
+    clip = section.extent if section.clip else None
+    figure_numbers = {"winning": 6, "random": 7}
+
+    def compare(keys: list[tuple[str, int]], title: str, columns: int):  # a plotly figure
+        return compare_figure([surfaces[k] for k in keys], columns=columns, clip_radius=clip,
+                              shared_z=section.shared_z, metrics=[metrics[k] for k in keys], title=title)
+
+    pages = [write_html(compare([(kind, level) for level in section.levels],
+                                f"{METHOD[kind]} tickets of {model_name} as pruning proceeds (seed paper, Figure "
+                                f"{figure_numbers[kind]}); subplot titles: method, P_m, test accuracy", 3),
+                        report_dir / f"{kind}.html") for kind in section.kinds]
+    if len(section.kinds) > 1:
+        pages.append(write_html(compare([(kind, level) for level in section.levels for kind in section.kinds],
+                                        f"{model_name}: winning vs random tickets at the same P_m, level by level",
+                                        len(section.kinds)), report_dir / "side_by_side.html"))
+    pages.append(write_html(lottery_figure(
+        results, title=f"Lottery tickets of {model_name}: winning (IMP) vs random masks (seed paper, Figure 5)"),
+        report_dir / "figure5.html"))
+    return pages
+
+
+def metrics_summary(params: Params, by_level: dict[str, dict[int, LevelResult]],
+                    metrics: dict[tuple[str, int], dict]) -> dict:
+    section = params.lottery_landscapes
+    summary = {"model": params.lottery.model, "dataset": params.lottery.dataset, "grid_points": section.grid_points}
+    for kind in section.kinds:
+        summary[kind] = {f"level_{level:02d}": {"remaining": by_level[kind][level].remaining,
+                                                 "test_acc": by_level[kind][level].test_acc,
+                                                 **_plain(metrics[kind, level])} for level in section.levels}
+    return summary
+
+
 def _plain(values: dict) -> dict[str, float | None]:
     """JSON-safe floats (NaN → None)."""
-    return {key: (float(value) if np.isfinite(value) else None) for key, value in values.items()
-            if isinstance(value, int | float | np.number)}
+    return {key: finite_or_none(value) for key, value in values.items() if isinstance(value, int | float | np.number)}
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ def main() -> int:
     root = repo_root()
     params = stage_params(root)
     for dataset in params.data.datasets:
-        user_dir = getattr(params.data, f"{dataset}_dir")
         try:
-            splits, source = read_dataset(dataset, user_dir, root / "data" / "downloads",
+            splits, source = read_dataset(dataset, params.data.directory_for(dataset), root / "data" / "downloads",
                                           params.data.download, params.data.verify_checksums)
         except DataError as error:
             print(f"prepare: {error}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 
 from lossviz.checkpoints import save_model
-from lossviz.data import DataError, Splits, TensorSplit, load_splits
+from lossviz.data import DataError, Splits, load_splits
 from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
@@ -52,9 +52,8 @@ def resume_file(root: Path, params: Params) -> Path:
 def check_against_data(params: Params, splits: Splits) -> list[str]:
     """Problems that only the data reveal, found before any output is touched."""
     section, problems = params.train, []
-    train_size = min(len(splits.train), section.max_train_examples or len(splits.train))
-    if section.batch_size > train_size:
-        problems.append(f"train.batch_size: got {section.batch_size}; allowed: 1 … {train_size} "
+    if section.batch_size > len(splits.train):
+        problems.append(f"train.batch_size: got {section.batch_size}; allowed: 1 … {len(splits.train)} "
                         "(the training-set size)")
     if splits.val is None and (section.lr_plateau or section.early_stopping):
         problems.append("train.lr_plateau / train.early_stopping need a validation split: set data.val_size "
@@ -69,7 +68,7 @@ def main() -> int:
     try:
         config = train_config(params)
         splits = load_splits(data_root(root), section.dataset, params.data.val_size, params.seed,
-                             params.data.normalize)
+                             params.data.normalize, section.max_train_examples)
     except (ValueError, DataError) as error:
         print(f"{STAGE}: {error}", file=sys.stderr)
         return 2
@@ -77,10 +76,6 @@ def main() -> int:
     if problems:
         print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
         return 2
-    if section.max_train_examples:
-        train_split = TensorSplit(splits.train.x[:section.max_train_examples],
-                                  splits.train.y[:section.max_train_examples])
-        splits = Splits(train_split, splits.val, splits.test, splits.dataset)
 
     seed_everything(params.seed)
     model = build_model(section.model, splits.input_shape, splits.num_classes)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the CDP helper the browser tests use
 from helpers_browser import Browser, bowl_surface  # noqa: E402
 from helpers_servers import api, mlflow_server  # noqa: E402
 
-from lossviz import plots  # noqa: E402
+from lossviz import figures  # noqa: E402
 
 READY = "document.getElementById('plot') && document.getElementById('plot').dataset.ready === '1'"
 
@@ -118,10 +118,10 @@ def main() -> int:
     surfaces, titles = comparison_surfaces()
     with tempfile.TemporaryDirectory() as folder, Browser() as browser:
         pages = Path(folder)
-        plots.write_html(plots.surface_figure(surface, title="LeNet-5 on Fashion-MNIST, IMP ticket "
+        pages.write_html(figures.surface_figure(surface, title="LeNet-5 on Fashion-MNIST, IMP ticket "
                                                              "(26.2% weights): ln(loss)"),
                          pages / "surface.html")
-        plots.write_html(plots.compare_figure(surfaces, titles, shared_z=True,
+        pages.write_html(figures.compare_figure(surfaces, titles, shared_z=True,
                                               title="Winning (IMP) vs random tickets"),
                          pages / "compare.html")
         shoot(browser, pages / "surface.html", args.out / "surface.png", 1200, 860)

@@ -80,7 +80,8 @@ def slow_surface_job(out: str, delay: float = 0.01) -> None:
     import time
 
     from lossviz.directions import random_directions
-    from lossviz.engine import compute_surface, cross_entropy_per_example
+    from lossviz.engine import compute_surface
+    from lossviz.tasks import cross_entropy_per_example
 
     evaluated = 0
 

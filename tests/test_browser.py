@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from helpers_browser import CHROMIUM_MISSING, Browser, CdpError, bowl_surface, network_urls, png_pixels
 
-from lossviz import plots
+from lossviz import figures
+from lossviz.pages import write_gallery, write_html
 from lossviz.surface import Surface
 
 XSS = "<script>window.__pwned = true</script>"
@@ -37,17 +38,17 @@ def pages(tmp_path_factory):
     one_d = Surface(xs=xs, ys=None, loss=0.3 + xs**2, acc=90 - 20 * xs**2, loss_se=0.02 + 0 * xs,
                     example_indices=np.arange(4), meta={"title": XSS})
     compared = [bowl_surface(15, seed=i, method="IMP", p_m=20, test_acc=90.0 - i) for i in range(8)]
-    figures = {
-        "surface": plots.surface_figure(bowl_surface(31, model=XSS), title=XSS),
-        "compare": plots.compare_figure(compared, [XSS] + [f"ticket {i}" for i in range(1, 8)], title=XSS),
-        "slice": plots.slice_figure(one_d, log=True),
-        "contour": plots.contour_figure(bowl_surface(31), style="filled", title=XSS,
+    drawn = {
+        "surface": figures.surface_figure(bowl_surface(31, model=XSS), title=XSS),
+        "compare": figures.compare_figure(compared, [XSS] + [f"ticket {i}" for i in range(1, 8)], title=XSS),
+        "slice": figures.slice_figure(one_d, log=True),
+        "contour": figures.contour_figure(bowl_surface(31), style="filled", title=XSS,
                                         trajectory=[[0.9, 0.7], [0.5, 0.3], [0.1, 0.05], [0.0, 0.0]]),
-        "curves": plots.remaining_weights_figure({XSS: ([1.0, 0.8, 0.64], [90, 91, 90.5]),
+        "curves": figures.remaining_weights_figure({XSS: ([1.0, 0.8, 0.64], [90, 91, 90.5]),
                                                   "random": ([1.0, 0.8, 0.64], [90, 88, 85])}, title=XSS),
     }
-    paths = {kind: plots.write_html(figure, folder / f"{kind}.html") for kind, figure in figures.items()}
-    paths["gallery"] = plots.write_gallery(folder)
+    paths = {kind: write_html(figure, folder / f"{kind}.html") for kind, figure in drawn.items()}
+    paths["gallery"] = write_gallery(folder)
     return paths
 
 

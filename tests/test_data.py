@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import pickle
@@ -9,8 +10,12 @@ import torch
 
 from lossviz import data as data_mod
 from lossviz.data import (
+    DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
     DataError,
+    Splits,
+    TensorSplit,
+    get_dataset,
     load_prepared,
     load_splits,
     read_cifar10_dir,
@@ -81,8 +86,14 @@ def test_idx_header_and_length_must_agree(tmp_path):
         data_mod.parse_idx(b"PK\x03\x04garbage", "zip")
 
 
+def without_debian_package(monkeypatch, tmp_path, **changes) -> None:
+    """Fashion-MNIST's registry entry as on a machine without the Debian package (plus `changes`)."""
+    spec = dataclasses.replace(DATASETS["fashion_mnist"], debian_dir=tmp_path / "absent", **changes)
+    monkeypatch.setitem(DATASETS, "fashion_mnist", spec)
+
+
 def test_no_source_lists_what_was_tried(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    without_debian_package(monkeypatch, tmp_path)
     with pytest.raises(DataError) as info:
         read_dataset("fashion_mnist", str(tmp_path / "nowhere"), tmp_path, allow_download=False)
     message = str(info.value)
@@ -92,12 +103,10 @@ def test_no_source_lists_what_was_tried(monkeypatch, tmp_path):
 
 
 def test_failed_download_is_listed_with_its_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
-
     def offline(root):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data_mod, "_download_fashion_mnist", offline)
+    without_debian_package(monkeypatch, tmp_path, download=offline)
     with pytest.raises(DataError, match="torchvision's download.*network is unreachable"):
         read_dataset("fashion_mnist", None, tmp_path, allow_download=True)
 
@@ -162,3 +171,76 @@ def test_validation_split_is_seeded_and_disjoint(fmnist_dir, tmp_path):
     assert sorted(torch.cat([a.train.y, a.val.y]).tolist()) == sorted(full.train.y.tolist())
     with pytest.raises(ValueError, match="val_size"):
         load_splits(tmp_path, "fashion_mnist", val_size=120)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+def test_registry_entries_describe_their_data(fmnist_dir, cifar_dir, tmp_path):
+    """Each entry's shape and class count are those of what its reader returns (on files in its format),
+    and its normalization has one mean and one std per channel."""
+    sources = {"fashion_mnist": fmnist_dir, "cifar10": cifar_dir}
+    assert set(DATASETS) == set(sources)
+    for name, spec in DATASETS.items():
+        assert spec.name == name
+        splits, source = read_dataset(name, str(sources[name]), tmp_path, allow_download=False,
+                                      verify_checksums=False)
+        assert source.name == "directory"
+        for raw in splits.values():
+            assert tuple(raw.images.shape[1:]) == spec.input_shape
+            assert 0 <= int(raw.labels.min()) and int(raw.labels.max()) < spec.num_classes
+        mean, std = spec.normalization
+        assert len(mean) == len(std) == spec.input_shape[0]
+
+
+def test_only_fashion_mnist_has_a_debian_source(tmp_path):
+    names = {name: [s.name for s in data_mod.sources_for(name, None, tmp_path, allow_download=True)]
+             for name in DATASETS}
+    assert names == {"fashion_mnist": ["debian", "download"], "cifar10": ["download"]}
+
+
+def test_unknown_dataset_names_the_allowed_ones(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; allowed: fashion_mnist, cifar10"):
+        read_dataset("mnist", None, tmp_path, allow_download=False)
+    with pytest.raises(DataError, match="allowed: fashion_mnist, cifar10"):
+        get_dataset("mnist")
+
+
+def test_images_of_another_shape_are_refused(tmp_path):
+    """IDX files that are valid but hold 32×32 images are not Fashion-MNIST, checksums off or not."""
+    directory = tmp_path / "raw"
+    directory.mkdir()
+    for stem, count in (("train", 6), ("t10k", 4)):
+        write_idx(directory / f"{stem}-images-idx3-ubyte", np.zeros((count, 32, 32), np.uint8))
+        write_idx(directory / f"{stem}-labels-idx1-ubyte", np.zeros(count, np.uint8))
+    with pytest.raises(DataError, match=r"train images are \(1, 32, 32\).*fashion_mnist images are \(1, 28, 28\)"):
+        read_dataset("fashion_mnist", str(directory), tmp_path, allow_download=False, verify_checksums=False)
+
+
+def test_normalization_uses_the_registry_statistics():
+    raw = data_mod.RawSplit(torch.tensor([[[[0, 255]]], [[[51, 102]]]], dtype=torch.uint8), torch.tensor([0, 1]))
+    (mean,), (std,) = DATASETS["fashion_mnist"].normalization
+    expected = (torch.tensor([[[[0.0, 1.0]]], [[[0.2, 0.4]]]]) - mean) / std
+    assert torch.allclose(data_mod.to_float(raw, "fashion_mnist", normalize=True).x, expected)
+    assert torch.equal(data_mod.to_float(raw, "fashion_mnist", normalize=False).x,
+                       raw.images.float() / 255)
+
+
+def test_max_train_examples_keeps_the_first_of_the_training_split(fmnist_dir, tmp_path):
+    write_prepared(read_fashion_mnist_dir(fmnist_dir, verify_checksums=False), tmp_path / "fashion_mnist", {})
+    whole = load_splits(tmp_path, "fashion_mnist", val_size=20, seed=3)
+    cut = load_splits(tmp_path, "fashion_mnist", val_size=20, seed=3, max_train_examples=30)
+    assert len(cut.train) == 30 and torch.equal(cut.train.x, whole.train.x[:30])
+    assert torch.equal(cut.val.x, whole.val.x) and torch.equal(cut.test.y, whole.test.y)  # only train is cut
+    more = load_splits(tmp_path, "fashion_mnist", val_size=20, seed=3, max_train_examples=1000)
+    assert torch.equal(more.train.x, whole.train.x)
+    with pytest.raises(ValueError, match="max_train_examples=0"):
+        load_splits(tmp_path, "fashion_mnist", val_size=20, max_train_examples=0)
+
+
+def test_data_fingerprint_is_size_and_sums_per_split():
+    x = torch.arange(24, dtype=torch.float32).view(2, 1, 3, 4)
+    splits = Splits(TensorSplit(x, torch.tensor([3, 4])), None, TensorSplit(x[:1] / 2, torch.tensor([9])),
+                    "fashion_mnist")
+    assert splits.fingerprint() == {"train": [2, 276.0, 7.0], "val": None, "test": [1, 33.0, 9.0]}
+    changed = Splits(TensorSplit(x + torch.eye(4)[0], torch.tensor([3, 4])), None, splits.test, "fashion_mnist")
+    assert changed.fingerprint()["train"] != splits.fingerprint()["train"]

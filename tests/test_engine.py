@@ -25,14 +25,10 @@ from helpers_engine import (
 )
 
 from lossviz.directions import random_directions, target_direction
-from lossviz.engine import (
-    FastEvaluator,
-    compute_surface,
-    make_evaluator,
-    select_examples,
-    tiled_max_pool2d,
-)
+from lossviz.engine import compute_surface, make_evaluator
+from lossviz.fused import FastEvaluator, tiled_max_pool2d
 from lossviz.surface import COMPUTED, PENDING, Surface
+from lossviz.tasks import select_examples
 
 TESTS_DIR = Path(__file__).resolve().parent
 POINTS = [(0.0, 0.0), (0.37, -0.81), (1.0, 1.0), (-0.6, 0.25)]
@@ -233,3 +229,11 @@ def test_sigkill_then_rerun_computes_only_missing_points_and_ends_identical(tmp_
     for field in ("loss", "acc", "loss_se"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
     assert a.meta == b.meta and a.meta["complete"]
+
+
+def test_engine_registry_has_exactly_the_method_names_params_offer():
+    from lossviz.engine import EVALUATORS
+    from lossviz.options import EVALUATION_METHODS, METHODS
+
+    assert tuple(EVALUATORS) == EVALUATION_METHODS
+    assert set(METHODS) == {"auto", *EVALUATORS}

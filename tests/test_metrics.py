@@ -1,14 +1,12 @@
-"""Shape metrics on synthetic surfaces with known answers, and Hessian metrics against the full
-Hessian of a tiny model."""
+"""Shape metrics on synthetic surfaces with known answers. (The Hessian measures, against the full Hessian
+of a tiny model and closed forms, are in tests/test_curvature.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from lossviz.metrics import hessian_metrics, surface_metrics
+from lossviz.shape import surface_metrics
 from lossviz.surface import Surface
 
 
@@ -46,30 +44,3 @@ def test_saddle_is_not_convex_and_one_d_works():
     metrics = surface_metrics(line, clip_radius=2.0)
     assert metrics["centre_curvature_xx"] == pytest.approx(2 * 0.5**3 / 0.5**2)
     assert metrics["convex_fraction"] == 1.0 and metrics["depth"] == pytest.approx(8.0)
-
-
-def test_hessian_eigenvalue_and_trace_match_the_full_hessian():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3))
-    inputs, targets = torch.randn(20, 4), torch.randint(0, 3, (20,))
-    params = list(model.parameters())
-    shapes = [p.shape for p in params]
-    flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
-
-    def loss_of(vector: torch.Tensor) -> torch.Tensor:
-        pieces, offset = {}, 0
-        for (name, _), shape in zip(model.named_parameters(), shapes, strict=True):
-            size = int(np.prod(shape))
-            pieces[name] = vector[offset:offset + size].reshape(shape).float()
-            offset += size
-        outputs = torch.func.functional_call(model, pieces, (inputs,))
-        return nn.functional.cross_entropy(outputs, targets)
-
-    hessian = torch.autograd.functional.hessian(loss_of, flat)
-    eigenvalues = torch.linalg.eigvalsh(hessian)
-    top = eigenvalues[eigenvalues.abs().argmax()].item()
-    metrics = hessian_metrics(model, inputs, targets, max_iterations=500, tolerance=1e-7, trace_samples=400)
-    assert metrics["hessian_top_eigenvalue"] == pytest.approx(top, rel=1e-3)
-    exact_trace = torch.trace(hessian).item()
-    assert abs(metrics["hessian_trace"] - exact_trace) < 4 * metrics["hessian_trace_se"] + 1e-6
-    assert model.training  # restored

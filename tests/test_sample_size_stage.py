@@ -33,7 +33,8 @@ def tiny_params(**section) -> dict:
     params["sample_size"].update({"model": None, "dataset": None, "checkpoint": None, "n_examples": NS,
                                   "grid_points": 5, "extent": 1.0, "clip": True, "auto_tolerance": 0.2,
                                   "auto_candidates": [5, 20, 60], "auto_pilot_points": 3, "timing_points": 3,
-                                  "timing_rounds": 2, **section})
+                                  "timing_rounds": 2, "adaptive_grid_points": 33, "adaptive_n_examples": 20,
+                                  "adaptive_spot_checks": 10, **section})
     return params
 
 
@@ -108,7 +109,10 @@ def test_dvc_repro_sample_size_writes_every_output_and_the_mlflow_run(tmp_path):
     assert logged.data.metrics["auto_n"] == metrics["auto"]["n"] and logged.data.tags["dvc.stage"] == "sample_size"
     assert logged.data.params["sample_size.grid_points"] == "5"
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id, "reports")}
-    assert artifacts == {"reports/compare.html", "reports/fidelity.html"}
+    assert artifacts == {"reports/compare.html", "reports/fidelity.html", "reports/adaptive.html"}
+    adaptive = Surface.load(tmp_path / "surfaces" / "sample_size" / "adaptive.h5")  # 33×33 beside n = 20's 5×5
+    assert adaptive.shape == (33, 33) and adaptive.interpolated.any() and metrics["adaptive"]["compared_with_n"] == 20
+    assert metrics["adaptive"]["spot_within_certificate"] and metrics["adaptive"]["max_error"] <= 0.05
     surfaces_logged = {a.path for a in client.list_artifacts(logged.info.run_id, "surfaces")}
     assert "surfaces/n_00060.h5" in surfaces_logged and "surfaces/directions.h5" in surfaces_logged
     assert "sample_size.json" in {a.path for a in client.list_artifacts(logged.info.run_id)}
@@ -134,7 +138,8 @@ def test_resnet56_study_from_an_official_t7_on_cifar10(tmp_path, cifar_dir, mode
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "acc": 93.0,
                 "epoch": 300}, checkpoint)
     params = tiny_params(model=model_name, dataset="cifar10", checkpoint=str(checkpoint), normalize=True,
-                         n_examples=[1, 4, 20], grid_points=3, auto_candidates=[4, 20], auto_pilot_points=2)
+                         n_examples=[1, 4, 20], grid_points=3, auto_candidates=[4, 20], auto_pilot_points=2,
+                         adaptive_grid_points=0)
     params["data"].update(datasets=["cifar10"], cifar10_dir=str(cifar_dir), verify_checksums=False, val_size=10)
     for section in params.values():  # every stage's dataset must be prepared: make them all cifar10 here
         if isinstance(section, dict) and section.get("dataset") is not None:

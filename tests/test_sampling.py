@@ -12,15 +12,15 @@ from helpers_engine import make_examples, make_model, write_prepared_fashion_mni
 
 from lossviz.cli import main
 from lossviz.directions import random_directions
-from lossviz.engine import compute_surface
+from lossviz.figures import sample_size_figure
 from lossviz.sampling import (
     AutoExamples,
     choose_n_examples,
     compare_sample_sizes,
+    compute_surface,
     effective_candidates,
     ln_loss_se,
     max_ln_loss_se,
-    sample_size_figure,
 )
 from lossviz.surface import Surface
 

@@ -17,7 +17,12 @@ from helpers_batch import EPOCHS, REPO, make_project, mlflow_client, run_stage, 
 from optuna.trial import TrialState
 
 from lossviz.params import parse_params
-from pipelines import batch_sweep as sweep
+from pipelines.sweep.layout import RESULT_ATTR, STORAGE_ENV, SUMMARY_PATH
+from pipelines.sweep.settings import derived_study_name, sweep_settings
+from pipelines.sweep.storage import Liveness
+from pipelines.sweep.study import setup_study
+from pipelines.sweep.workers import DatabaseWorkers, sweep_workers
+from pipelines.tracking import ensure_store
 
 GRID4 = [8, 16, 32, 64]
 # Heartbeats fast enough for a test: a dead worker's trial is failed 3 s after its last beat.
@@ -29,17 +34,17 @@ def sweep_on_postgres(tmp_path, postgres, monkeypatch):
     """A project whose params point the sweep at a fresh PostgreSQL database, and its study set up (the
     queue of 4 points, the MLflow parent run) as the stage does before its workers start."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
     previous = mlflow.get_tracking_uri()
     url = postgres.url(postgres.new_database())
     raw = tiny_params(batch_sizes=GRID4, storage=url, **LIVENESS)
     params = parse_params(raw)
     make_project(tmp_path, raw, stages=(), dvc=False)
-    settings = sweep.sweep_settings(params, tmp_path)
-    name = sweep.derived_study_name(settings)
-    sweep.ensure_store(tmp_path)
-    sweep.setup_study(url, name, settings, n_trials=1, root=tmp_path,
-                      liveness=sweep.Liveness.from_params(params.batch_sweep))
+    settings = sweep_settings(params, tmp_path)
+    name = derived_study_name(settings)
+    ensure_store(tmp_path)
+    setup_study(url, name, settings, n_trials=1, root=tmp_path,
+                      liveness=Liveness.from_params(params.batch_sweep))
     yield tmp_path, url, name
     mlflow.set_tracking_uri(previous)
 
@@ -62,7 +67,7 @@ def load(url: str, name: str) -> optuna.Study:
 
 def test_two_workers_share_the_grid_without_repeating_a_trial(sweep_on_postgres):
     root, url, name = sweep_on_postgres
-    assert isinstance(sweep.sweep_workers(url, name, root), sweep.DatabaseWorkers)
+    assert isinstance(sweep_workers(url, name, root), DatabaseWorkers)
     # Two trials each, claimed concurrently: any point claimed twice would leave another one unrun.
     workers = [start_worker(root, url, name, "--max-trials", "2") for _ in range(2)]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
@@ -73,7 +78,7 @@ def test_two_workers_share_the_grid_without_repeating_a_trial(sweep_on_postgres)
     study = load(url, name)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert sorted(t.params["batch_size"] for t in study.trials) == GRID4  # each point exactly once
-    assert all(t.user_attrs[sweep.RESULT_ATTR]["resumed_from_epoch"] is None for t in study.trials)
+    assert all(t.user_attrs[RESULT_ATTR]["resumed_from_epoch"] is None for t in study.trials)
 
     # A worker on another machine leaves its checkpoint there: the stage takes it from the trial's MLflow run.
     elsewhere = root / "models/batch_sweep/bs_00016"
@@ -84,7 +89,7 @@ def test_two_workers_share_the_grid_without_repeating_a_trial(sweep_on_postgres)
     assert " epoch " not in stage.stdout
     assert "batch 16: checkpoint fetched from MLflow run" in stage.stdout
     assert (elsewhere / "model.pt").read_bytes() == trained and (elsewhere / "trial.json").is_file()
-    summary = json.loads((root / sweep.SUMMARY_PATH).read_text())
+    summary = json.loads((root / SUMMARY_PATH).read_text())
     assert [t["batch_size"] for t in summary["trials"]] == GRID4 and summary["trial_states"]["COMPLETE"] == 4
     assert summary["storage"] == url  # no password in this URL to redact
 
@@ -121,7 +126,7 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(sweep_on_
     (retry,) = [t for t in complete if t.params["batch_size"] == batch_size]
     # Optuna's RetryHeartbeatStaleTrialCallback made the retry; it resumed the killed trial's checkpoint.
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == number
-    assert retry.user_attrs[sweep.RESULT_ATTR]["resumed_from_epoch"] == 1
+    assert retry.user_attrs[RESULT_ATTR]["resumed_from_epoch"] == 1
     assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
 
     runs = mlflow_client(root).search_runs(

@@ -13,6 +13,10 @@ import yaml
 
 from lossviz.checkpoints import load_model_weights
 from lossviz.models import build_model
+from lossviz.params import load_params, parse_params
+from lossviz.training import TrainConfig
+from pipelines import lottery as lottery_stage
+from pipelines import train as train_stage
 from tests.helpers_project import REPO, make_project, stage_env, write_tiny_dataset
 
 EPOCHS = 2
@@ -30,11 +34,20 @@ def tiny_params() -> dict:
 
 TINY_PARAMS = tiny_params()
 
+# The params keys that configure training, as the stages used them before the shared schema (a list kept
+# here, independent of TrainConfig.fields_in): the mapping must keep producing the same configs.
+TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_plateau",
+                 "plateau_factor", "plateau_patience", "early_stopping", "patience", "train_eval_examples")
 
 
-
-
-
+def test_stage_configs_come_from_their_sections_of_params_yaml():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
+    for stage, fixed in ((train_stage, {}), (lottery_stage, {"early_stopping": True})):
+        section = raw[stage.STAGE]
+        expected = TrainConfig(**{key: section[key] for key in TRAINING_KEYS if key in section}, **fixed,
+                               seed=raw["seed"], device=raw["device"])
+        assert stage.train_config(params) == expected, stage.STAGE
 
 
 def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
@@ -97,13 +110,10 @@ def test_bad_params_stop_the_stage_before_any_output(tmp_path, section, message)
 
 
 def test_resume_file_is_keyed_by_the_run(tmp_path):
-    from lossviz.params import parse_params
-    from pipelines.train import resume_file
-
     write_tiny_dataset(tmp_path)
     base = parse_params(TINY_PARAMS)
     same = parse_params(json.loads(json.dumps(TINY_PARAMS)))
     other = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 0.01}})
-    assert resume_file(tmp_path, base) == resume_file(tmp_path, same)
-    assert resume_file(tmp_path, base) != resume_file(tmp_path, other)
-    assert resume_file(tmp_path, base).parent == tmp_path / "tmp" / "resume"
+    assert train_stage.resume_file(tmp_path, base) == train_stage.resume_file(tmp_path, same)
+    assert train_stage.resume_file(tmp_path, base) != train_stage.resume_file(tmp_path, other)
+    assert train_stage.resume_file(tmp_path, base).parent == tmp_path / "tmp" / "resume"

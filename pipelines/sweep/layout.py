@@ -1,0 +1,31 @@
+"""Where the batch-size sweep keeps things and the names it records them under: its DVC outputs, its working
+state, the Optuna study's and trials' user attributes. Shared by the `batch_sweep` stage, its workers and the
+`batch_landscapes` stage, which reads the sweep's outputs; it imports neither optuna nor mlflow, so reading
+a path from here costs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGE = EXPERIMENT = "batch_sweep"  # the DVC stage and its MLflow experiment
+JOURNAL_PATH = Path("studies/batch_sweep/journal.log")  # the default Optuna storage (a DVC output, persisted)
+STUDY_INFO_PATH = Path("studies/batch_sweep/study.json")  # the study's name and (redacted) storage
+MODELS_DIR = Path("models/batch_sweep")  # bs_XXXXX/model.pt + trial.json per completed batch size
+SUMMARY_PATH = MODELS_DIR / "sweep.json"  # what `batch_landscapes` reads
+REPORT_DIR = Path("reports/batch_sweep")  # Optuna's pages of the study, drawn by `batch_landscapes`
+STATE_DIR = Path("tmp/batch_sweep")  # per study: the lock file, leases and resumable training checkpoints
+CHECKPOINT_ARTIFACT = Path("checkpoint/model.pt")  # in each trial's MLflow run
+STORAGE_ENV = "LOSSVIZ_OPTUNA_STORAGE"  # overrides params `batch_sweep.storage`
+
+# Optuna study user attributes
+SETTINGS_ATTR = "lossviz.settings"  # everything that shapes the trials (pipelines.sweep.settings)
+N_TRIALS_ATTR = "lossviz.n_trials"  # the TPE budget
+PARENT_ATTR = "lossviz.mlflow_parent_run_id"  # the study's MLflow run; trials are its children
+LIVENESS_ATTR = "lossviz.liveness"  # heartbeat interval, grace period, max retries (pipelines.sweep.storage)
+# Optuna trial user attributes
+BATCH_ATTR = "lossviz.batch_size"
+RUN_ATTR = "lossviz.mlflow_run_id"
+LEASE_ATTR = "lossviz.lease"  # the lease file's name in the study's state directory (journal storage)
+RESULT_ATTR = "lossviz.result"  # the trained trial's summary (trial.json)
+WORKER_ATTR = "lossviz.worker"  # "host:pid" of the worker running it
+RESUME_ATTR = "lossviz.resume_file"  # the training checkpoint a retry resumes from
