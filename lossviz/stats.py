@@ -1,11 +1,21 @@
-"""Statistics the studies report: rank and linear correlations, and how closely one surface
+"""Statistics the studies report: rank and linear correlations with what a handful of models allows
+(exact permutation p-values, exact bootstrap intervals, Holm's correction), and how closely one surface
 reproduces another (the sample-size study's fidelity measures)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
+
+EXACT_PERMUTATIONS_UP_TO = 8  # 8! = 40,320 orderings; beyond, a seeded Monte Carlo estimate
+EXACT_BOOTSTRAP_UP_TO = 6  # 6**6 = 46,656 resamples; beyond, a seeded Monte Carlo sample
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """A float, or None for NaN, ±inf and None: strict JSON has no NaN, and a missing value is not zero."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _paired_finite(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +56,99 @@ def spearman(a, b) -> float:
     """Spearman's rank correlation (ties averaged) over the pairs where both are finite."""
     a, b = _paired_finite(a, b)
     return pearson(average_ranks(a), average_ranks(b)) if a.size >= 2 else math.nan
+
+
+def spearman_p_value(a, b, samples: int = 20_000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's ρ: the fraction of orderings of `b` whose |ρ| is at
+    least the observed |ρ| (exact up to EXACT_PERMUTATIONS_UP_TO pairs, else Monte Carlo). Pairs with a
+    non-finite value are dropped; NaN when fewer than 3 pairs remain or a side is constant."""
+    x, y = _paired_finite(a, b)
+    x, y = average_ranks(x), average_ranks(y)
+    observed = pearson(x, y)
+    if x.size < 3 or math.isnan(observed):
+        return math.nan
+    threshold = abs(observed) - 1e-12
+    if x.size <= EXACT_PERMUTATIONS_UP_TO:
+        orderings = (y[list(order)] for order in itertools.permutations(range(y.size)))
+        values = [abs(pearson(x, ordered)) for ordered in orderings]
+        return float(np.mean(np.asarray(values) >= threshold))
+    rng = np.random.default_rng(seed)
+    hits = sum(abs(pearson(x, rng.permutation(y))) >= threshold for _ in range(samples))
+    return float((hits + 1) / (samples + 1))
+
+
+def smallest_spearman_p_value(n: int) -> float:
+    """The smallest two-sided permutation p-value Spearman's ρ can reach with n untied pairs: 2/n!, the
+    two perfectly monotone orderings (1 below 3 pairs, where every ordering is monotone)."""
+    return 1.0 if n < 3 else 2.0 / math.factorial(n)
+
+
+def null_rate_below(alpha: float, n: int) -> float:
+    """Under independence (every ordering equally likely, no ties), the probability that the exact
+    permutation p-value of Spearman's ρ on n pairs is below `alpha`: how often a test "succeeds" by chance.
+    Exact up to EXACT_PERMUTATIONS_UP_TO pairs; `alpha` beyond (where it is close to alpha)."""
+    if n < 3:
+        return 0.0
+    if n > EXACT_PERMUTATIONS_UP_TO:
+        return float(alpha)
+    x = np.arange(1.0, n + 1)
+    magnitudes = np.array([abs(pearson(x, np.asarray(order, dtype=float))) for order in itertools.permutations(x)])
+    p_values = (magnitudes[None, :] >= magnitudes[:, None] - 1e-12).mean(axis=1)
+    return float(np.mean(p_values < alpha))
+
+
+def holm_adjusted(p_values) -> np.ndarray:
+    """Holm's step-down adjustment for testing several hypotheses at once (NaN entries are not tests):
+    reject where the adjusted p-value is below alpha, and the chance of any false rejection stays <= alpha."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def _rank_rows(values: np.ndarray) -> np.ndarray:
+    """average_ranks of every row of a 2-D array (ties share the mean of their ranks)."""
+    less = (values[:, None, :] < values[:, :, None]).sum(axis=2)
+    equal = (values[:, None, :] == values[:, :, None]).sum(axis=2)
+    return less + (equal + 1) / 2
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+
+
+def spearman_bootstrap_interval(a, b, level: float = 0.95, samples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Percentile bootstrap interval of Spearman's ρ over resamples of the pairs (with replacement).
+
+    With up to EXACT_BOOTSTRAP_UP_TO pairs every one of the n**n resamples is taken once (the exact
+    bootstrap distribution, no randomness); beyond, `samples` seeded resamples. Resamples in which a side
+    is constant have no ρ; they are left out and their fraction reported as `undefined_fraction`."""
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} is not valid; allowed: 0 < level < 1")
+    x, y = _paired_finite(a, b)
+    n = x.size
+    if n < 3:
+        return {"low": math.nan, "high": math.nan, "level": level, "undefined_fraction": math.nan,
+                "resamples": 0, "exact": False}
+    exact = n <= EXACT_BOOTSTRAP_UP_TO
+    if exact:
+        indices = np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
+    else:
+        indices = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    rho = _pearson_rows(_rank_rows(x[indices]), _rank_rows(y[indices]))
+    defined = rho[np.isfinite(rho)]
+    low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]) if defined.size else (math.nan, math.nan)
+    return {"low": float(low), "high": float(high), "level": level,
+            "undefined_fraction": float(1 - defined.size / len(rho)), "resamples": int(len(rho)), "exact": exact}
 
 
 def surface_fidelity(loss, reference_loss, xs, ys=None) -> dict[str, float]:

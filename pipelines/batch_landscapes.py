@@ -1,15 +1,18 @@
 """DVC stage `batch_landscapes` (the seed paper's Figure 4, and its verdict in numbers): for every batch size
 the `batch_sweep` stage trained, a loss surface around the checkpoint (filter-normalized random directions
-drawn with ONE seed for all), its shape metrics (`lossviz.metrics.surface_metrics`) and the Hessian's top
-eigenvalue and trace (`lossviz.metrics.hessian_metrics`) on the surface's test examples; then Spearman
+drawn with ONE seed for all), its shape metrics (`lossviz.shape.surface_metrics`) and the Hessian's top
+eigenvalue and trace (`lossviz.curvature.hessian_metrics`) on the surface's test examples; then Spearman
 correlations, with exact permutation p-values, of each sharpness measure with test error and with the
 generalization gap across batch sizes (`lossviz.sharpness`).
 
 Outputs (DVC): `surfaces/batch_landscapes/bs_XXXXX.h5`, `reports/batch_landscapes/` (compare.html in the
 style of Figure 4, subtitles batch size and test accuracy; verdict.html, the table; one page per surface;
-index.html), `metrics/batch_sweep.json` (the verdict). MLflow: a run in experiment "batch_landscapes" with
-everything, and each surface page plus its measures logged to the sweep's child run of that batch size,
-found by its tags (`lossviz.study`, `lossviz.batch_size`, `optuna.trial_state` = COMPLETE).
+index.html), `metrics/batch_sweep.json` (the verdict), and the sweep's own pages, `reports/batch_sweep/`
+(Optuna's history, slice and intermediate-values figures of the study, read back from the sweep's storage:
+the sweep stage only trains). MLflow: a run in experiment "batch_landscapes" with everything; each surface
+page plus its measures logged to the sweep's child run of that batch size, found by its tags
+(`lossviz.study`, `lossviz.batch_size`, `optuna.trial_state` = COMPLETE); the Optuna pages to the study's
+parent run.
 
 Resume: surfaces are flushed point by point, and Hessian measures saved per batch size, under
 `tmp/resume/batch_landscapes-<digest>/` (named by the params and the sweep's summary), so a killed run
@@ -27,25 +30,29 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import plotly.graph_objects as go
-import torch
+import optuna
 from mlflow.tracking import MlflowClient
-from plotly.subplots import make_subplots
 
 from lossviz.checkpoints import CheckpointError, load_model_weights
+from lossviz.curvature import surface_examples
 from lossviz.data import DataError, Splits, load_splits
 from lossviz.directions import random_directions
 from lossviz.engine import compute_surface
-from lossviz.metrics import hessian_metrics, surface_metrics
+from lossviz.figures import compare_figure, surface_figure, verdict_figure
 from lossviz.models import build_model
-from lossviz.params import Params
-from lossviz.plots import compare_figure, surface_figure, write_gallery, write_html
+from lossviz.pages import write_gallery, write_html
+from lossviz.params import BatchLandscapesParams, Params
 from lossviz.runtime import resolve_device, seed_everything
-from lossviz.sharpness import SHARPNESS_MEASURES, TARGETS, correlation_table, generalization_gap, sharpness_measures
+from lossviz.shape import surface_metrics
+from lossviz.sharpness import MEASURES, TARGETS, generalization_gap, measure_minimizer, sharpness_measures, verdict
 from lossviz.surface import Surface
-from pipelines.batch_sweep import EXPERIMENT as SWEEP_EXPERIMENT
-from pipelines.batch_sweep import SUMMARY_PATH
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
+from pipelines.sweep.layout import EXPERIMENT as SWEEP_EXPERIMENT
+from pipelines.sweep.layout import PARENT_ATTR, SUMMARY_PATH
+from pipelines.sweep.layout import REPORT_DIR as SWEEP_REPORT_DIR
+from pipelines.sweep.pages import load_finished_study, write_sweep_pages
+from pipelines.sweep.settings import SweepError
+from pipelines.sweep.storage import storage_url
 from pipelines.tracking import ensure_store, stage_run
 
 STAGE = "batch_landscapes"
@@ -55,6 +62,8 @@ METRICS_PATH = Path("metrics/batch_sweep.json")
 PLOT_PATH = Path("metrics/batch_sweep.csv")  # accuracy, gaps and sharpness vs batch size
 PLOT_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", "depth", "flatness",
                 "centre_curvature", "convex_fraction", "hessian_top_eigenvalue", "hessian_trace")
+ROW_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", *MEASURES)  # verdict.html
+LOGGED_MEASURES = (*MEASURES, "gap_acc", "gap_loss")  # on each trial's run, as landscape_<name>
 
 
 class LandscapeError(RuntimeError):
@@ -69,6 +78,17 @@ def read_sweep(root: Path) -> dict[str, Any]:
     if not summary.get("trials"):
         raise LandscapeError(f"{path}: the sweep has no completed trial")
     return summary
+
+
+def read_inputs(root: Path, params: Params) -> tuple[dict[str, Any], Splits, optuna.Study]:
+    """The sweep's summary, its test set (checked against `n_examples`) and its finished Optuna study."""
+    summary = read_sweep(root)
+    splits = load_splits(data_root(root), summary["dataset"], 0, summary["seed"], summary["normalize"])
+    n_examples = params.batch_landscapes.n_examples
+    if n_examples > len(splits.test):
+        raise LandscapeError(f"invalid params\n  batch_landscapes.n_examples: got {n_examples}; allowed: 2 … "
+                             f"{len(splits.test)} (the test-set size)")
+    return summary, splits, load_finished_study(storage_url(params, root), summary["study"], root)
 
 
 def resume_dir(root: Path, params: Params, summary: dict[str, Any]) -> Path:
@@ -103,11 +123,11 @@ def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params
         hessian = json.loads(hessian_file.read_text())
     else:
         device = resolve_device(params.device)
-        index = torch.from_numpy(surface.example_indices)
+        x, y = surface_examples(surface, test.x, test.y)
         model.to(device)
-        hessian = hessian_metrics(model, test.x[index].to(device), test.y[index].to(device),
-                                  seed=section.direction_seed, max_iterations=section.hessian_iterations,
-                                  trace_samples=section.trace_samples)
+        hessian = measure_minimizer(model, x.to(device), y.to(device), seed=section.direction_seed,
+                                    norm=section.norm, ignore=section.ignore,
+                                    lanczos_steps=section.hessian_iterations, trace_samples=section.trace_samples)
         hessian_file.write_text(json.dumps(hessian))
     nan = math.nan
     gap = generalization_gap(trial.get("final_train_acc", nan), trial["final_test_acc"],
@@ -121,39 +141,77 @@ def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params
     return surface, row
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+def measure_trials(trials: list[dict[str, Any]], summary: dict[str, Any], params: Params, splits: Splits,
+                   work: Path, root: Path) -> tuple[list[Surface], list[dict[str, Any]]]:
+    """Every trained batch size's surface and row of measures, in the order of `trials`."""
+    section = params.batch_landscapes
+    xs = np.linspace(-section.extent, section.extent, section.grid_points)
+    surfaces, rows = [], []
+    for trial in trials:
+        print(f"{STAGE}: batch size {trial['batch_size']}: surface {section.grid_points}² on "
+              f"{section.n_examples} test examples, Hessian", flush=True)
+        surface, row = measure_trial(trial, summary, params, splits, xs, work, root)
+        surfaces.append(surface)
+        rows.append(row)
+    return surfaces, rows
 
 
-def _rho(cell: dict[str, float]) -> str:
-    rho, p = cell["spearman"], cell["p_value"]
-    return "undefined (a constant side)" if math.isnan(rho) else f"{rho:+.2f} (p = {p:.3f})"
+def write_pages(report: Path, summary: dict[str, Any], trials: list[dict[str, Any]], surfaces: list[Surface],
+                rows: list[dict[str, Any]], table: dict[str, Any]) -> tuple[dict[int, Path], list[Path]]:
+    """One page per surface (by batch size), compare.html and verdict.html (returned second), index.html."""
+    pages = {row["batch_size"]: write_html(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
+             for surface, row in zip(surfaces, rows, strict=True)}
+    table_metrics = [{key: row[key] for key in ("train_acc", "gap_acc", "gap_loss", *MEASURES)}
+                     for row in rows]
+    compare = write_html(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
+                                        columns=min(len(surfaces), 5),
+                                        title=f"Loss surfaces by batch size ({summary['model']}, "
+                                              f"{summary['dataset']})"),
+                         report / "compare.html")
+    directions = {name: way for name, (_, way) in MEASURES.items()}
+    verdict = write_html(verdict_figure(rows, ROW_COLUMNS, table, directions, list(TARGETS),
+                                        title=f"Sharpness vs generalization across batch sizes ({summary['study']})"),
+                         report / "verdict.html")
+    write_gallery(report, title="Batch-size landscapes")
+    return pages, [compare, verdict]
 
 
-ROW_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", *SHARPNESS_MEASURES)
+VERDICT_COUNTS = ("n_models", "n_tests", "smallest_attainable_p", "significant", "significant_after_holm",
+                  "expected_by_chance")
 
 
-def verdict_figure(rows: list[dict[str, Any]], table: dict[str, dict[str, dict[str, float]]], title: str) -> go.Figure:
-    """Two tables: one row per batch size; Spearman ρ (p) of each measure with each target."""
-    first, second = len(rows) + 1, len(table) + 1  # table lines, headers included
-    figure = make_subplots(rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "table"}]],
-                           row_heights=[first + 1.5, second + 1.5], vertical_spacing=0.08,
-                           subplot_titles=["per batch size", "Spearman ρ (exact permutation p) across batch sizes"])
-    figure.add_trace(go.Table(header={"values": list(ROW_COLUMNS), "fill": {"color": "#e8ecf4"}},
-                              cells={"values": [[_fmt(row[key]) for row in rows] for key in ROW_COLUMNS]}),
-                     row=1, col=1)
-    measures = list(table)
-    figure.add_trace(go.Table(
-        header={"values": ["measure", "which way", *[f"vs {target}" for target in TARGETS]],
-                "fill": {"color": "#e8ecf4"}},
-        cells={"values": [measures, [SHARPNESS_MEASURES[m][1] for m in measures],
-                          *[[_rho(table[m][t]) for m in measures] for t in TARGETS]]}),
-        row=2, col=1)
-    figure.update_layout(title={"text": title}, height=150 + 25 * (first + second + 3),
-                         margin={"l": 10, "r": 10, "t": 80, "b": 10})
-    return figure
+def verdict_metrics(summary: dict[str, Any], section: BatchLandscapesParams, rows: list[dict[str, Any]],
+                    result: dict[str, Any]) -> dict[str, Any]:
+    """metrics/batch_sweep.json: every row, the correlations, the verdict's sentence and counts, and what was
+    measured how."""
+    best = max(rows, key=lambda row: row["test_acc"])
+    return {"study": summary["study"], "model": summary["model"], "dataset": summary["dataset"],
+            "epochs": summary.get("epochs"), "best_batch_size_by_test_acc": best["batch_size"],
+            "per_batch_size": {str(row["batch_size"]): row for row in rows}, "correlations": result["table"],
+            "verdict": {"sentence": result["sentence"], **{key: result.get(key) for key in VERDICT_COUNTS}},
+            "measures": {name: f"{what} ({way})" for name, (what, way) in MEASURES.items()},
+            "targets": TARGETS,
+            "surface": {"grid_points": section.grid_points, "extent": section.extent,
+                        "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
+
+
+def write_outputs(root: Path, work: Path, params: Params, summary: dict[str, Any], trials: list[dict[str, Any]],
+                  surfaces: list[Surface], rows: list[dict[str, Any]],
+                  result: dict[str, Any]) -> tuple[dict[int, Path], list[Path], Path]:
+    """The stage's DVC outputs afresh: surfaces, pages, the verdict's metrics and plot table. Returns the
+    surface pages by batch size, the stage's summary pages and the metrics file."""
+    surface_dir, report = root / SURFACE_DIR, root / REPORT_DIR
+    for directory in (surface_dir, report):
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+    for trial in trials:
+        name = f"bs_{trial['batch_size']:05d}.h5"
+        shutil.copy2(work / name, surface_dir / name)
+    pages, summary_pages = write_pages(report, summary, trials, surfaces, rows, result["table"])
+    metrics_path = write_json(root / METRICS_PATH, verdict_metrics(summary, params.batch_landscapes, rows, result))
+    write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
+    return pages, summary_pages, metrics_path
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, study: str, batch_size: int) -> str | None:
@@ -165,83 +223,36 @@ def find_trial_run(client: MlflowClient, experiment_id: str, study: str, batch_s
     return runs[0].info.run_id if runs else None
 
 
-def main() -> int:
-    root = repo_root()
-    params = stage_params(root)
-    section = params.batch_landscapes
+def sweep_parent_run(client: MlflowClient, study: optuna.Study) -> str | None:
+    """The study's MLflow parent run, as the sweep recorded it; None when this tracking store lacks it."""
+    parent = study.user_attrs.get(PARENT_ATTR)
     try:
-        summary = read_sweep(root)
-        splits = load_splits(data_root(root), summary["dataset"], 0, summary["seed"], summary["normalize"])
-    except (LandscapeError, DataError, ValueError) as error:
-        print(f"{STAGE}: {error}", file=sys.stderr)
-        return 2
-    if section.n_examples > len(splits.test):
-        print(f"{STAGE}: invalid params\n  batch_landscapes.n_examples: got {section.n_examples}; allowed: 2 … "
-              f"{len(splits.test)} (the test-set size)", file=sys.stderr)
-        return 2
-    seed_everything(params.seed)
-    xs = np.linspace(-section.extent, section.extent, section.grid_points)
-    work = resume_dir(root, params, summary)
-    work.mkdir(parents=True, exist_ok=True)
-    trials = sorted(summary["trials"], key=lambda t: t["batch_size"])
-    surfaces, rows = [], []
-    try:
-        for trial in trials:
-            print(f"{STAGE}: batch size {trial['batch_size']}: surface {section.grid_points}² on "
-                  f"{section.n_examples} test examples, Hessian", flush=True)
-            surface, row = measure_trial(trial, summary, params, splits, xs, work, root)
-            surfaces.append(surface)
-            rows.append(row)
-    except (CheckpointError, OSError, ValueError) as error:
-        print(f"{STAGE}: {error}", file=sys.stderr)
-        return 2
-    table = correlation_table(rows)
+        return parent if parent is not None and client.get_run(parent) else None
+    except mlflow.exceptions.MlflowException:
+        return None
 
-    surface_dir, report = root / SURFACE_DIR, root / REPORT_DIR
-    for directory in (surface_dir, report):
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-    for trial in trials:
-        name = f"bs_{trial['batch_size']:05d}.h5"
-        shutil.copy2(work / name, surface_dir / name)
-    pages = {row["batch_size"]: write_html(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
-             for surface, row in zip(surfaces, rows, strict=True)}
-    table_metrics = [{key: row[key] for key in ("train_acc", "gap_acc", "gap_loss", *SHARPNESS_MEASURES)}
-                     for row in rows]
-    compare = write_html(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
-                                        columns=min(len(surfaces), 5),
-                                        title=f"Loss surfaces by batch size ({summary['model']}, "
-                                              f"{summary['dataset']})"),
-                         report / "compare.html")
-    verdict = write_html(verdict_figure(rows, table, f"Sharpness vs generalization across batch sizes "
-                                                     f"({summary['study']})"), report / "verdict.html")
-    write_gallery(report, title="Batch-size landscapes")
-    best = max(rows, key=lambda row: row["test_acc"])
-    result = {"study": summary["study"], "model": summary["model"], "dataset": summary["dataset"],
-              "epochs": summary.get("epochs"), "best_batch_size_by_test_acc": best["batch_size"],
-              "per_batch_size": {str(row["batch_size"]): row for row in rows}, "correlations": table,
-              "measures": {name: f"{what} ({way})" for name, (what, way) in SHARPNESS_MEASURES.items()},
-              "targets": TARGETS,
-              "surface": {"grid_points": section.grid_points, "extent": section.extent,
-                          "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
-    metrics_path = write_json(root / METRICS_PATH, result)
-    write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
 
-    ensure_store(root)
-    client = MlflowClient()
+def log_stage_run(root: Path, summary: dict[str, Any], section: BatchLandscapesParams, rows: list[dict[str, Any]],
+                  table: dict[str, Any], artifacts: list[Path]) -> None:
+    """This stage's MLflow run: params, every row's measures by batch size, the correlations, `artifacts`."""
     with stage_run(STAGE, summary["study"], STAGE, root=root):
         mlflow.set_tag("lossviz.study", summary["study"])
         mlflow.log_params({f"batch_landscapes.{k}": v for k, v in section.model_dump().items()})
         for row in rows:
             mlflow.log_metrics({key: float(row[key]) for key in ("test_acc", "gap_acc", "gap_loss",
-                                                                 *SHARPNESS_MEASURES)
+                                                                 *MEASURES)
                                 if math.isfinite(float(row[key]))}, step=row["batch_size"])
         mlflow.log_metrics({f"spearman_{m}_vs_{t}": cell["spearman"] for m, targets in table.items()
                             for t, cell in targets.items() if math.isfinite(cell["spearman"])})
-        for page in (compare, verdict):
-            mlflow.log_artifact(str(page))
-        mlflow.log_artifact(str(metrics_path))
+        for artifact in artifacts:
+            mlflow.log_artifact(str(artifact))
+
+
+def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages: dict[int, Path],
+                      study: optuna.Study, sweep_pages: list[Path]) -> None:
+    """Each surface page and its measures to the sweep's run of that batch size; the Optuna pages to the
+    study's parent run. A run that cannot be found is named on stderr and skipped."""
+    client = MlflowClient()
     sweep_experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
     for row in rows:
         run_id = (find_trial_run(client, sweep_experiment.experiment_id, summary["study"], row["batch_size"])
@@ -252,17 +263,49 @@ def main() -> int:
             continue
         client.log_artifact(run_id, str(pages[row["batch_size"]]), "landscape")
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"landscape_{key}", float(row[key]), 0, 0)
-                                          for key in (*SHARPNESS_MEASURES, "gap_acc", "gap_loss")
-                                          if math.isfinite(float(row[key]))])
-    shutil.rmtree(work, ignore_errors=True)
+                                          for key in LOGGED_MEASURES if math.isfinite(float(row[key]))])
+    parent = sweep_parent_run(client, study)
+    if parent is None:
+        print(f"{STAGE}: no MLflow parent run of study {summary['study']}; its Optuna pages are only in "
+              f"{SWEEP_REPORT_DIR}", file=sys.stderr)
+        return
+    for page in sweep_pages:
+        client.log_artifact(parent, str(page), "optuna")
 
-    print(f"{STAGE}: {'batch':>6} {'test acc':>8} " + " ".join(f"{m:>22}" for m in SHARPNESS_MEASURES))
+
+def print_verdict(rows: list[dict[str, Any]], table: dict[str, Any]) -> None:
+    print(f"{STAGE}: {'batch':>6} {'test acc':>8} " + " ".join(f"{m:>22}" for m in MEASURES))
     for row in rows:
         print(f"{STAGE}: {row['batch_size']:>6} {row['test_acc']:>8.4f} "
-              + " ".join(f"{row[m]:>22.4g}" for m in SHARPNESS_MEASURES))
+              + " ".join(f"{row[m]:>22.4g}" for m in MEASURES))
     for measure, targets in table.items():
         print(f"{STAGE}: spearman {measure:>22}: " + ", ".join(
             f"{t} {cell['spearman']:+.2f} (p={cell['p_value']:.2f})" for t, cell in targets.items()))
+
+
+def main() -> int:
+    root = repo_root()
+    params = stage_params(root)
+    try:
+        summary, splits, study = read_inputs(root, params)
+        seed_everything(params.seed)
+        work = resume_dir(root, params, summary)
+        work.mkdir(parents=True, exist_ok=True)
+        trials = sorted(summary["trials"], key=lambda t: t["batch_size"])
+        surfaces, rows = measure_trials(trials, summary, params, splits, work, root)
+    except (LandscapeError, SweepError, DataError, CheckpointError, OSError, ValueError) as error:
+        print(f"{STAGE}: {error}", file=sys.stderr)
+        return 2
+    result = verdict(rows)
+    table = result["table"]
+    pages, summary_pages, metrics_path = write_outputs(root, work, params, summary, trials, surfaces, rows, result)
+    sweep_pages = write_sweep_pages(study, root / SWEEP_REPORT_DIR)
+    ensure_store(root)
+    log_stage_run(root, summary, params.batch_landscapes, rows, table, [*summary_pages, metrics_path])
+    log_to_sweep_runs(summary, rows, pages, study, sweep_pages)
+    shutil.rmtree(work, ignore_errors=True)
+    print_verdict(rows, table)
+    print(f"{STAGE}: {result['sentence']}")
     return 0
 
 

@@ -25,7 +25,7 @@ def tiny_params(**sweep) -> dict:
     params["batch_sweep"].update({"dataset": "fashion_mnist", "model": "fashion_cnn", "sampler": "grid",
                                   "batch_sizes": GRID, "epochs": EPOCHS, "max_train_examples": None,
                                   "train_eval_examples": 100, "storage": None, "study_name": None, **sweep})
-    params["batch_landscapes"].update(grid_points=5, extent=1.0, n_examples=40, trace_samples=4,
+    params["batch_landscapes"].update(grid_points=5, extent=1.0, n_examples=40, trace_samples=12,
                                       hessian_iterations=10)
     return params
 

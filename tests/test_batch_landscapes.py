@@ -17,6 +17,7 @@ import yaml
 from helpers_batch import EPOCHS, GRID, assert_self_contained, make_project, mlflow_client, stage_env, tiny_params
 from optuna.trial import TrialState
 
+from lossviz.figures import verdict_figure
 from lossviz.sharpness import (
     SHARPNESS_MEASURES,
     correlation_table,
@@ -37,8 +38,8 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
 
     # the sweep: one trial per grid point, on a journal file that DVC keeps (persist)
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
-    assert {o["path"] for o in lock["batch_sweep"]["outs"]} == {"studies/batch_sweep", "models/batch_sweep",
-                                                                "reports/batch_sweep"}
+    assert {o["path"] for o in lock["batch_sweep"]["outs"]} == {"studies/batch_sweep", "models/batch_sweep"}
+    assert "reports/batch_sweep" in {o["path"] for o in lock["batch_landscapes"]["outs"]}  # drawn there
     info = json.loads((tmp_path / "studies/batch_sweep/study.json").read_text())
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
         str(tmp_path / "studies/batch_sweep/journal.log")))
@@ -71,6 +72,10 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
         assert child.data.metrics["landscape_hessian_trace"] > 0
     optuna_pages = {a.path for a in client.list_artifacts(parents[0].info.run_id, "optuna")}
     assert optuna_pages == {"optuna/history.html", "optuna/slice.html", "optuna/intermediate_values.html"}
+    sweep_report = tmp_path / "reports/batch_sweep"  # drawn by batch_landscapes from the study's journal
+    assert sorted(page.name for page in sweep_report.glob("*.html")) == [
+        "history.html", "index.html", "intermediate_values.html", "slice.html"]
+    assert info["study"] in (sweep_report / "history.html").read_text()
     assert parents[0].info.status == "FINISHED"
 
     # the landscapes and the verdict
@@ -106,7 +111,8 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
 
     again = subprocess.run(["dvc", "repro", "batch_landscapes"], cwd=tmp_path, env=stage_env(),
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("didn't change") == 2, again.stdout + again.stderr
+    # validate, batch_sweep and batch_landscapes: nothing reruns
+    assert again.returncode == 0 and again.stdout.count("didn't change") == 3, again.stdout + again.stderr
 
 
 # ------------------------------------------------------------------------------ the verdict's arithmetic
@@ -178,3 +184,18 @@ def test_gap_orientation_and_measure_selection():
         "depth": 3.0, "flatness": 0.2, "centre_curvature": 7.0, "convex_fraction": 0.9,
         "hessian_top_eigenvalue": 50.0, "hessian_trace": 400.0}
     assert list(sharpness_measures(shape, hessian)) == list(SHARPNESS_MEASURES)
+
+
+def test_verdict_figure_tables_rows_and_correlations():
+    rows = [{"batch_size": 8, "test_acc": 0.91234567, "depth": 2.0}, {"batch_size": 64, "test_acc": 0.5, "depth": 1.0}]
+    table = {"depth": {"test_error": {"spearman": 0.8, "p_value": 16 / 120}, "gap_acc": {"spearman": math.nan,
+                                                                                          "p_value": math.nan}}}
+    figure = verdict_figure(rows, ["batch_size", "test_acc", "depth"], table, {"depth": "larger is sharper"},
+                            ["test_error", "gap_acc"], title="verdict <b>x</b>")
+    per_row, per_measure = figure.data
+    assert list(per_row.header.values) == ["batch_size", "test_acc", "depth"]
+    assert [list(column) for column in per_row.cells.values] == [["8", "64"], ["0.9123", "0.5"], ["2", "1"]]
+    assert list(per_measure.header.values) == ["measure", "which way", "vs test_error", "vs gap_acc"]
+    assert [list(column) for column in per_measure.cells.values] == [
+        ["depth"], ["larger is sharper"], ["+0.80 (p = 0.133)"], ["undefined (a constant side)"]]
+    assert figure.layout.title.text == "verdict &lt;b&gt;x&lt;/b&gt;"  # text from files never renders as markup
