@@ -12,6 +12,7 @@ SUBCOMMAND_MODULES = [
     "lossviz.cli",
     "lossviz.cli_plots",
     "lossviz.cli_surface",
+    "lossviz.cli_stability",
 ]
 
 
@@ -49,7 +50,8 @@ def _params_apply(args: argparse.Namespace) -> int:
         print(f"{preset_path}: expected a mapping of sections", file=sys.stderr)
         return 1
     try:
-        parse_params(merge(yaml.safe_load(target.read_text()) or {}, preset), f"{target} + {preset_path}")
+        parse_params(merge(yaml.safe_load(target.read_text()) or {}, preset), f"{target} + {preset_path}",
+                     target.parent)
     except ParamsError as error:
         print(error, file=sys.stderr)
         return 1
