@@ -5,6 +5,8 @@
     lossviz metrics surface.h5
 
 `surface` resumes `--out` when it holds the same computation (rerun the same command after a crash).
+`--adaptive TOL` evaluates only where interpolation would be off by more than TOL in ln(loss) and fills the
+other points by interpolation (flagged in the file; the certificate is printed; see lossviz.adaptive).
 Started by torchrun it splits the grid points between the ranks (gloo on CPUs, NCCL with one GPU per
 process), with the same result:
 
@@ -59,6 +61,18 @@ def parse_examples(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a positive integer or 'auto'") from None
 
 
+def parse_tolerance(text: str) -> float:
+    """`--adaptive`: a tolerance in ln(loss) units, ≥ 0 (0 evaluates every point)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a tolerance in ln(loss) units, a number "
+                                         "≥ 0 (e.g. 0.05; 0 evaluates every point)")
+    return value
+
+
 def _load_model(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int):
     from lossviz.checkpoints import load_model_weights
     from lossviz.models import build_model
@@ -102,7 +116,7 @@ def _surface(args: argparse.Namespace) -> int:
     from lossviz import distributed
     from lossviz.checkpoints import CheckpointError
     from lossviz.data import DataError
-    from lossviz.engine import compute_surface
+    from lossviz.sampling import compute_surface
     from lossviz.surface import SurfaceFileError
 
     try:
@@ -124,7 +138,7 @@ def _surface(args: argparse.Namespace) -> int:
             surface = compute_surface(
                 model, split.x, split.y, directions, xs, ys, n_examples=_examples(args), seed=args.seed,
                 batch_size=args.batch_size, device=device, clip_radius=args.clip_radius, out=args.out,
-                progress=not args.no_progress, method=args.method,
+                progress=not args.no_progress, method=args.method, adaptive=args.adaptive,
                 meta={"model": args.model, "dataset": args.dataset, "split": args.split,
                       "checkpoint": str(args.checkpoint), "dir_file": args.dir_file or ""})
     except (CliError, CheckpointError, DataError, SurfaceFileError, ValueError) as error:
@@ -137,18 +151,23 @@ def _surface(args: argparse.Namespace) -> int:
         return 2
     if distributed.launch_rank() != 0:
         return 0
-    done = int(np.isfinite(surface.loss).sum())
-    print(f"wrote {args.out}: {done} points computed, loss from {np.nanmin(surface.loss):.4f} "
-          f"to {np.nanmax(surface.loss):.4f}")
+    interpolated = 0 if surface.interpolated is None else int(surface.interpolated.sum())
+    done = int(np.isfinite(surface.loss).sum()) - interpolated
+    print(f"wrote {args.out}: {done} points computed{f', {interpolated} interpolated' if interpolated else ''}, "
+          f"loss from {np.nanmin(surface.loss):.4f} to {np.nanmax(surface.loss):.4f}")
     if surface.meta.get("n_examples_auto"):
         meta = surface.meta
         print(f"examples: auto chose n={meta['n_examples']} (tolerance {meta['auto_tolerance']:g}; worst standard "
               f"error of ln(loss) in the clip disk {meta['auto_max_ln_loss_se']:.4g})")
+    if args.adaptive is not None:
+        from lossviz.adaptive import certificate_of
+
+        print(f"adaptive: {certificate_of(surface).summary()}")
     return 0
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from lossviz.metrics import surface_metrics
+    from lossviz.shape import surface_metrics
     from lossviz.surface import Surface, SurfaceFileError
 
     try:
@@ -165,8 +184,7 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lossviz.directions import IGNORES, MODES, NORMS
-    from lossviz.engine import METHODS
+    from lossviz.options import IGNORES, METHODS, MODES, NORMS
 
     surface = subparsers.add_parser("surface", help="compute a loss surface around a checkpoint (resumable)",
                                     description=__doc__.split("\n\n")[0])
@@ -186,6 +204,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     surface.add_argument("--auto-tolerance", type=float, default=None,
                          help="with --examples auto: the largest acceptable standard error of ln(loss) "
                               "(default: lossviz.sampling.DEFAULT_TOLERANCE, 0.05)")
+    surface.add_argument("--adaptive", type=parse_tolerance, default=None, metavar="TOL",
+                         help="evaluate only where interpolation would be off by more than TOL in ln(loss) "
+                              "(never tighter than a quarter of the points' standard error of ln(loss)) and fill "
+                              "the rest by interpolation; 0 evaluates every point (default: off, every point)")
     surface.add_argument("--seed", type=int, default=0, help="seed of the examples and the directions")
     surface.add_argument("--norm", choices=NORMS, default="filter")
     surface.add_argument("--ignore", choices=IGNORES, default="biasbn")

@@ -5,15 +5,21 @@ makes computations resumable, and LossPlot CSV export.
 Arrays follow the official loss-landscape tool's layout fixed for non-square grids: 2-D arrays are
 (ny, nx) with Z[iy, ix]; 1-D surfaces have `ys is None` and arrays of shape (nx,).
 
-HDF5 layout (format version 1):
-  attrs   format="lossviz-surface", version=1, split, meta (JSON)
+HDF5 layout (format version 1; version 2 for a surface with interpolated points):
+  attrs   format="lossviz-surface", version=1 or 2, split, meta (JSON)
   dir_file             string dataset, the direction file ("" when the directions were not saved)
   xcoordinates (nx,)   ycoordinates (ny,) (2-D only)                       float64
   {split}_loss, {split}_acc, {split}_loss_se   (ny, nx) or (nx,)           float64
-  point_status         same shape, uint8: 0 pending, 1 computed, 2 clipped (never computed)
+  point_status         same shape, uint8: 0 pending, 1 computed, 2 clipped (never computed),
+                       3 interpolated (an adaptive surface's filled point: `lossviz.adaptive`)
   example_indices      (n_examples,) int64
 In `{split}_loss`/`{split}_acc` pending points hold −1 (the official tool's "not computed yet", which it
-recomputes) and clipped points NaN (which it leaves alone). In memory both are NaN.
+recomputes) and clipped points NaN (which it leaves alone). In memory both are NaN. Interpolated points hold
+their interpolated values, so other tools read the full grid; `Surface.interpolated` marks them in memory.
+
+Versions: a file is written with the lowest version that describes it: 2 only when it holds interpolated points
+(status 3), so a lossviz that knows version 1 alone refuses such a file instead of reading its interpolated
+points as gaps, and reads every other file as before.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import numpy as np
 
 SURFACE_FORMAT = "lossviz-surface"
 SURFACE_FORMAT_VERSION = 1
-PENDING, COMPUTED, CLIPPED = 0, 1, 2
+INTERPOLATED_FORMAT_VERSION = 2  # files holding interpolated points (point_status 3)
+READABLE_VERSIONS = (SURFACE_FORMAT_VERSION, INTERPOLATED_FORMAT_VERSION)
+PENDING, COMPUTED, CLIPPED, INTERPOLATED = 0, 1, 2, 3
 OFFICIAL_PENDING = -1.0
 
 
@@ -48,6 +56,8 @@ class Surface:
     example_indices: np.ndarray    # (n_examples,) indices into the evaluation split, same for every point
     meta: dict[str, Any] = field(default_factory=dict)  # seed, norm, ignore, mode, n_examples, model_hash,
     #                                                     dataset, split, model name, ...
+    interpolated: np.ndarray | None = None  # same shape, bool: points filled by interpolation (adaptive
+    #                                         surfaces, `lossviz.adaptive`); None when every value was evaluated
 
     @property
     def is_2d(self) -> bool:
@@ -70,7 +80,9 @@ class Surface:
         clipped = self.meta.get("clip_radius")
         if clipped is not None:
             status[outside_radius(*self.coordinates(), clipped)] = CLIPPED
-        with SurfaceFile.create(path, self) as handle:
+        if self.interpolated is not None:
+            status[np.asarray(self.interpolated, bool) & (status == COMPUTED)] = INTERPOLATED
+        with SurfaceFile.create(path, self, interpolated=bool((status == INTERPOLATED).any())) as handle:
             handle.status[...] = status
             handle.loss[...] = self.loss
             handle.acc[...] = self.acc
@@ -111,6 +123,26 @@ def outside_radius(alpha: np.ndarray, beta: np.ndarray | None, radius: float) ->
     return distance > radius
 
 
+# -- the clip disk: one rule for the engine, the metrics and the figures ------------------------------------
+def half_span_radius(xs: np.ndarray, ys: np.ndarray | None) -> float:
+    """LossPlot's and the seed paper's clip: half the larger axis span of the grid."""
+    spans = [np.ptp(np.asarray(xs, float))] + ([np.ptp(np.asarray(ys, float))] if ys is not None else [])
+    return float(max(spans)) / 2
+
+
+def default_clip_radius(surface: Surface) -> float:
+    """LossPlot's clip for this surface's grid (`half_span_radius`)."""
+    return half_span_radius(surface.xs, surface.ys)
+
+
+def clip_radius_of(surface: Surface, clip_radius: float | None = None) -> float:
+    """The disk a check or a metric looks inside: the given radius, else the surface's own (the one its
+    points were computed with), else LossPlot's."""
+    if clip_radius is not None:
+        return float(clip_radius)
+    return float(surface.meta.get("clip_radius") or default_clip_radius(surface))
+
+
 def _loss_keys(f: h5py.File, path: str | Path) -> tuple[str, str]:
     for split in ("test", "train"):
         if f"{split}_loss" in f:
@@ -123,9 +155,10 @@ def read_surface(path: str | Path) -> Surface:
     with h5py.File(path, "r") as f:
         version = f.attrs.get("version")
         ours = f.attrs.get("format") == SURFACE_FORMAT
-        if ours and int(version) != SURFACE_FORMAT_VERSION:
+        if ours and int(version) not in READABLE_VERSIONS:
             raise SurfaceFileError(f"{path}: surface file version {version} is not supported; this lossviz "
-                                   f"reads version {SURFACE_FORMAT_VERSION} (upgrade lossviz or recompute)")
+                                   f"reads version {SURFACE_FORMAT_VERSION} (and {INTERPOLATED_FORMAT_VERSION} for "
+                                   "adaptive surfaces with interpolated points): upgrade lossviz or recompute")
         if "xcoordinates" not in f:
             raise SurfaceFileError(f"{path}: no xcoordinates dataset: not a surface file")
         split, loss_key = _loss_keys(f, path)
@@ -153,9 +186,10 @@ def read_surface(path: str | Path) -> Surface:
             meta.setdefault("dir_file", raw.decode() if isinstance(raw, bytes) else str(raw))
     meta["split"] = split
     for array in (loss, acc, loss_se):
-        array[status != COMPUTED] = np.nan
+        array[(status != COMPUTED) & (status != INTERPOLATED)] = np.nan
     meta["complete"] = bool((status != PENDING).all())
-    return Surface(xs, ys, loss, acc, loss_se, indices, meta)
+    interpolated = status == INTERPOLATED
+    return Surface(xs, ys, loss, acc, loss_se, indices, meta, interpolated if interpolated.any() else None)
 
 
 class SurfaceFile:
@@ -177,13 +211,15 @@ class SurfaceFile:
         self._last_flush = time.monotonic()
 
     @classmethod
-    def create(cls, path: str | Path, template: Surface, flush_interval: float = 0.5) -> SurfaceFile:
-        """A new file with every point pending (clipped points marked as such)."""
+    def create(cls, path: str | Path, template: Surface, flush_interval: float = 0.5,
+               interpolated: bool = False) -> SurfaceFile:
+        """A new file with every point pending (clipped points marked as such); `interpolated`: the caller
+        will mark interpolated points (the file's version says so)."""
         split = template.meta.get("split", "test")
         shape = template.shape
         handle = h5py.File(path, "w")
         handle.attrs["format"] = SURFACE_FORMAT
-        handle.attrs["version"] = SURFACE_FORMAT_VERSION
+        handle.attrs["version"] = INTERPOLATED_FORMAT_VERSION if interpolated else SURFACE_FORMAT_VERSION
         handle.attrs["split"] = split
         handle.attrs["meta"] = json.dumps(template.meta, sort_keys=True)
         handle["dir_file"] = str(template.meta.get("dir_file", ""))

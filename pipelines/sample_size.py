@@ -3,10 +3,16 @@
 For one trained model (params `sample_size`: by default the `train` stage's model and checkpoint; or a
 ResNet-56 `.t7` on CIFAR-10) and ONE pair of filter-normalized random directions, a surface at every n in
 `sample_size.n_examples` (the engine's seeded, nested test subsets), each compared with the largest n
-(`lossviz.sampling.compare_sample_sizes`), plus the adaptive choice of n at `sample_size.auto_tolerance`.
+(`lossviz.sampling.compare_sample_sizes`), plus the adaptive choice of n at `sample_size.auto_tolerance`, and an
+adaptive surface (`lossviz.adaptive`: evaluated where interpolation would miss `sample_size.adaptive_tolerance`,
+interpolated elsewhere) on a finer grid, `adaptive_grid_points` per axis, shown beside the study's fully evaluated
+surface at the same n. Its check: the certificate, a spot check (interpolated points evaluated for real) and
+the agreement at the points both grids share; the full fine grid is not evaluated (too slow for the default run),
+its time is estimated from the per-point timings.
 
-Outputs (DVC): `surfaces/sample_size/` (n_XXXXX.h5 and directions.h5), `reports/sample_size/`
-(compare.html in the style of Figure 2, fidelity.html: fidelity and speed-up vs n), `metrics/sample_size.json`;
+Outputs (DVC): `surfaces/sample_size/` (n_XXXXX.h5, adaptive.h5 and directions.h5), `reports/sample_size/`
+(compare.html in the style of Figure 2, fidelity.html: fidelity and speed-up vs n, adaptive.html: the adaptive
+surface beside the fully evaluated one), `metrics/sample_size.json`;
 all of it in an MLflow run of experiment "sample_size" (per-n metrics with step = n).
 
 Resume: surfaces are computed into `tmp/resume/sample_size-<digest>/` (named by everything that shapes
@@ -17,31 +23,34 @@ where it stopped. A surface resumed mid-way reports its time scaled from the poi
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+from torch import nn
 
+from lossviz.adaptive import certificate_of, common_points_agreement, spot_check
 from lossviz.checkpoints import CheckpointError, load_model_weights
-from lossviz.data import DataError, load_splits
+from lossviz.data import DataError, TensorSplit, load_splits
 from lossviz.directions import Directions, random_directions
-from lossviz.engine import compute_surface
+from lossviz.engine import compute_surface, point_function
+from lossviz.figures import compare_figure, sample_size_figure, shape_metrics
 from lossviz.models import build_model
+from lossviz.pages import write_html
 from lossviz.params import Params
-from lossviz.plots import compare_figure, shape_metrics, write_html
 from lossviz.runtime import seed_everything
 from lossviz.sampling import (
     AutoExamples,
     choose_n_examples,
     compare_sample_sizes,
-    sample_size_figure,
     time_per_point,
 )
+from lossviz.stats import finite_or_none
 from lossviz.surface import Surface, outside_radius
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.tracking import stage_run
@@ -55,6 +64,7 @@ PLOT_COLUMNS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "max_
                 "point_speedup")
 TRAIN_CHECKPOINT = Path("models/train/model.pt")
 DIRECTIONS_FILE = "directions.h5"
+ADAPTIVE_FILE = "adaptive.h5"
 
 
 @dataclass(frozen=True)
@@ -149,125 +159,33 @@ def timing_points(axis: np.ndarray, clip_radius: float | None, count: int) -> tu
 def main() -> int:
     root = repo_root()
     params = stage_params(root)
-    section = params.sample_size
     study = resolve(params, root)
-    problems = check_study(params, study, None)
-    if not problems:
-        try:
-            splits = load_splits(data_root(root), study.dataset, val_size=0, seed=params.seed,
-                                 normalize=study.normalize)
-        except (ValueError, DataError) as error:
-            problems.append(str(error))
-        else:
-            problems = check_study(params, study, len(splits.test))
-    if problems:
-        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
+    loaded = load_study(params, study, root)
+    if isinstance(loaded, list):
+        print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in loaded), file=sys.stderr)
         return 2
-    test = splits.test
-    model = build_model(study.model, splits.input_shape, splits.num_classes)
-    try:
-        load_model_weights(model, study.checkpoint)
-    except (CheckpointError, RuntimeError) as error:
-        print(f"{STAGE}: sample_size.checkpoint {study.checkpoint} does not fit {study.model}: {error}",
-              file=sys.stderr)
-        return 2
-    model.eval()
+    model, test = loaded
     seed_everything(params.seed)
-
     work = work_dir(root, params, study)
     work.mkdir(parents=True, exist_ok=True)
-    directions_path = work / DIRECTIONS_FILE
-    if directions_path.is_file():
-        directions = Directions.load(directions_path, model)
-    else:
-        directions = random_directions(model, seed=params.seed)  # filter-normalized, biasbn ignored
-        directions.save(directions_path)
-    axis = np.linspace(-section.extent, section.extent, section.grid_points)
-    clip_radius = section.extent if section.clip else None
-    engine_options = dict(seed=params.seed, batch_size=section.batch_size, device=params.device,
-                          clip_radius=clip_radius, method=section.method)
-    meta = {"model": study.model, "dataset": study.dataset, "split": "test", "checkpoint": str(study.checkpoint),
-            "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE)}
-    timings_path = work / "timings.json"
-    timings = _read_json(timings_path)
+    grid = Grid(params)
+    directions = load_or_draw_directions(work / DIRECTIONS_FILE, model, params.seed)
 
-    run_name = f"{study.model}-{study.dataset}-grid{section.grid_points}"
-    with stage_run(STAGE, run_name, STAGE, root=root):
+    with stage_run(STAGE, f"{study.model}-{study.dataset}-grid{grid.points}", STAGE, root=root):
         mlflow.log_params(used_params(params, study))
-        mlflow.log_metrics({"grid_points": section.grid_points, "reference_n": max(section.n_examples),
-                            "auto_tolerance": section.auto_tolerance, "test_examples": len(test)})
-        surfaces, times = {}, {}
-        for n in section.n_examples:
-            path = work / surface_name(n)
-            print(f"{STAGE}: surface with n={n} examples ({section.grid_points}×{section.grid_points})", flush=True)
-            surfaces[n], times[n] = timed_surface(path, timings, n, lambda n=n, path=path: compute_surface(
-                model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
-                meta={**meta, "name": f"n = {n}"}, **engine_options))
-            timings[str(n)] = times[n]
-            write_json(timings_path, timings)
-
-        auto_path = work / "auto.json"
-        auto = _read_json(auto_path)
-        if not auto:
-            start = time.perf_counter()
-            choice = choose_n_examples(model, test.x, test.y, directions, axis, axis, auto=AutoExamples(
-                section.auto_tolerance, tuple(section.auto_candidates), section.auto_pilot_points), **engine_options)
-            auto = {"tolerance": choice.tolerance, "n": choice.n_examples, "met": choice.met,
-                    "pilot_max_ln_loss_se": _finite(choice.max_ln_loss_se),
-                    "pilot_seconds": time.perf_counter() - start,
-                    "trials": {str(n): _finite(se) for n, se in choice.trials}}
-            write_json(auto_path, auto)
-
-        point_path = work / "point_seconds.json"
-        point_seconds = {int(n): value for n, value in _read_json(point_path).items()}
-        if section.timing_points and not point_seconds:
-            print(f"{STAGE}: timing {section.timing_points} points at every n, {section.timing_rounds} rounds",
-                  flush=True)
-            alphas, betas = timing_points(axis, clip_radius, section.timing_points)
-            point_seconds = time_per_point(model, test.x, test.y, directions, section.n_examples, alphas, betas,
-                                           rounds=section.timing_rounds, seed=params.seed,
-                                           batch_size=section.batch_size, device=params.device,
-                                           method=section.method)
-            write_json(point_path, {str(n): value for n, value in point_seconds.items()})
-        rows = compare_sample_sizes(surfaces, {n: t["seconds"] for n, t in times.items()}, clip_radius,
+        mlflow.log_metrics({"grid_points": grid.points, "reference_n": max(params.sample_size.n_examples),
+                            "auto_tolerance": params.sample_size.auto_tolerance, "test_examples": len(test)})
+        surfaces, times = study_surfaces(params, study, model, test, directions, grid, work)
+        auto = auto_choice(params, model, test, directions, grid, work)
+        point_seconds = point_timings(params, model, test, directions, grid, work)
+        adaptive = adaptive_study(params, study, model, test, directions, work, surfaces, point_seconds)
+        rows = compare_sample_sizes(surfaces, {n: t["seconds"] for n, t in times.items()}, grid.clip_radius,
                                     cpu_seconds={n: t["cpu_seconds"] for n, t in times.items()},
                                     point_seconds=point_seconds or None)
         by_n = {row["n"]: row for row in rows}
         if auto["n"] in by_n:  # the achieved error of the chosen n on the whole grid
             auto["full_grid_max_ln_loss_se"] = by_n[auto["n"]]["max_ln_loss_se"]
-        summary = {"model": study.model, "dataset": study.dataset, "grid_points": section.grid_points,
-                   "reference_n": max(section.n_examples), "by_n": {str(row["n"]): row for row in rows},
-                   "auto": auto}
-
-        surface_dir, report_dir = root / SURFACE_DIR, root / REPORT_DIR
-        surface_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(directions_path, surface_dir / DIRECTIONS_FILE)
-        for n in section.n_examples:
-            shutil.copy2(work / surface_name(n), surface_dir / surface_name(n))
-        table = [{**shape_metrics(surfaces[n]), **{k: v for k, v in by_n[n].items() if k != "n" and v is not None}}
-                 for n in section.n_examples]
-        title = (f"{study.model} on {study.dataset}: the same directions, n test examples per point "
-                 f"(fidelity against n = {max(section.n_examples)})")
-        compare_page = write_html(compare_figure([surfaces[n] for n in section.n_examples],
-                                                 [f"n = {n}" for n in section.n_examples], columns=3,
-                                                 clip_radius=clip_radius, metrics=table, title=title),
-                                  report_dir / "compare.html")
-        fidelity_page = write_html(sample_size_figure(rows, tolerance=section.auto_tolerance,
-                                                      title=f"{study.model} on {study.dataset}: fidelity and "
-                                                            "speed-up vs number of examples"),
-                                   report_dir / "fidelity.html")
-        write_json(root / METRICS_PATH, summary)
-        write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
-
-        for row in rows:
-            mlflow.log_metrics({key: value for key, value in row.items() if key != "n" and value is not None},
-                               step=row["n"])
-        mlflow.log_metrics({f"auto_{key}": float(value) for key, value in auto.items()
-                            if isinstance(value, int | float) and value is not None})
-        for page in (compare_page, fidelity_page):
-            mlflow.log_artifact(str(page), "reports")
-        mlflow.log_artifact(str(root / METRICS_PATH))
-        mlflow.log_artifacts(str(surface_dir), "surfaces")
+        publish(root, params, study, surfaces, rows, auto, grid, work, adaptive)
     shutil.rmtree(work, ignore_errors=True)
     for row in rows:
         print(f"{STAGE}: n={row['n']:>6}: pearson ln(loss) {_fmt(row['pearson_ln_loss'])}, rmse "
@@ -275,11 +193,222 @@ def main() -> int:
               f"{row['seconds']:.2f} s, speed-up {_fmt(row['speedup'])} (CPU time: {_fmt(row['cpu_speedup'])}, "
               f"per point, best round: {_fmt(row.get('point_speedup'))})")
     print(f"{STAGE}: auto at tolerance {auto['tolerance']:g}: n={auto['n']} (met: {auto['met']})")
+    if adaptive is not None:
+        record = adaptive[1]
+        print(f"{STAGE}: adaptive {record['grid_points']}×{record['grid_points']} at n={record['n']}: "
+              f"{record['summary']}; spot check: largest measured error {_fmt(record['spot_max_abs_ln_loss_error'])} "
+              f"on {record['spot_points']} interpolated points; {record['seconds']:.1f} s")
     return 0
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
+def load_study(params: Params, study: Study, root: Path) -> tuple[nn.Module, TensorSplit] | list[str]:
+    """The model (eval mode, the study's checkpoint loaded) and the test split, or the problems found."""
+    problems = check_study(params, study, None)
+    if problems:
+        return problems
+    try:
+        splits = load_splits(data_root(root), study.dataset, val_size=0, seed=params.seed, normalize=study.normalize)
+    except (ValueError, DataError) as error:
+        return [str(error)]
+    problems = check_study(params, study, len(splits.test))
+    if problems:
+        return problems
+    model = build_model(study.model, splits.input_shape, splits.num_classes)
+    try:
+        load_model_weights(model, study.checkpoint)
+    except (CheckpointError, RuntimeError) as error:
+        return [f"sample_size.checkpoint {study.checkpoint} does not fit {study.model}: {error}"]
+    return model.eval(), splits.test
+
+
+def load_or_draw_directions(path: Path, model: nn.Module, seed: int) -> Directions:
+    """The study's directions: drawn once (filter-normalized, biasbn ignored), kept for a resumed run."""
+    if path.is_file():
+        return Directions.load(path, model)
+    directions = random_directions(model, seed=seed)
+    directions.save(path)
+    return directions
+
+
+class Grid:
+    """The study's grid and the engine settings every surface of it shares."""
+
+    def __init__(self, params: Params):
+        section = params.sample_size
+        self.points = section.grid_points
+        self.axis = np.linspace(-section.extent, section.extent, section.grid_points)
+        self.clip_radius = section.extent if section.clip else None
+        self.engine_options = dict(seed=params.seed, batch_size=section.batch_size, device=params.device,
+                                   clip_radius=self.clip_radius, method=section.method)
+
+
+def study_surfaces(params: Params, study: Study, model: nn.Module, test: TensorSplit, directions: Directions,
+                   grid: Grid, work: Path) -> tuple[dict[int, Surface], dict[int, dict[str, float]]]:
+    """One surface per n, the same directions for all, with their wall and CPU times (resumable)."""
+    meta = {"model": study.model, "dataset": study.dataset, "split": "test", "checkpoint": str(study.checkpoint),
+            "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE)}
+    timings_path = work / "timings.json"
+    timings = _read_json(timings_path)
+    surfaces, times = {}, {}
+    for n in params.sample_size.n_examples:
+        path = work / surface_name(n)
+        print(f"{STAGE}: surface with n={n} examples ({grid.points}×{grid.points})", flush=True)
+        surfaces[n], times[n] = timed_surface(path, timings, n, lambda n=n, path=path: compute_surface(
+            model, test.x, test.y, directions, grid.axis, grid.axis, n_examples=n, out=path,
+            meta={**meta, "name": f"n = {n}"}, **grid.engine_options))
+        timings[str(n)] = times[n]
+        write_json(timings_path, timings)
+    return surfaces, times
+
+
+def auto_choice(params: Params, model: nn.Module, test: TensorSplit, directions: Directions, grid: Grid,
+                work: Path) -> dict[str, Any]:
+    """What `n_examples="auto"` chooses at the params' tolerance (resumable)."""
+    section, path = params.sample_size, work / "auto.json"
+    auto = _read_json(path)
+    if not auto:
+        start = time.perf_counter()
+        choice = choose_n_examples(model, test.x, test.y, directions, grid.axis, grid.axis, auto=AutoExamples(
+            section.auto_tolerance, tuple(section.auto_candidates), section.auto_pilot_points), **grid.engine_options)
+        auto = {"tolerance": choice.tolerance, "n": choice.n_examples, "met": choice.met,
+                "pilot_max_ln_loss_se": finite_or_none(choice.max_ln_loss_se),
+                "pilot_seconds": time.perf_counter() - start,
+                "trials": {str(n): finite_or_none(se) for n, se in choice.trials}}
+        write_json(path, auto)
+    return auto
+
+
+def point_timings(params: Params, model: nn.Module, test: TensorSplit, directions: Directions, grid: Grid,
+                  work: Path) -> dict[int, float]:
+    """Seconds per point at every n, as a benchmark (best of the params' rounds; resumable)."""
+    section, path = params.sample_size, work / "point_seconds.json"
+    point_seconds = {int(n): value for n, value in _read_json(path).items()}
+    if section.timing_points and not point_seconds:
+        print(f"{STAGE}: timing {section.timing_points} points at every n, {section.timing_rounds} rounds", flush=True)
+        alphas, betas = timing_points(grid.axis, grid.clip_radius, section.timing_points)
+        point_seconds = time_per_point(model, test.x, test.y, directions, section.n_examples, alphas, betas,
+                                       rounds=section.timing_rounds, seed=params.seed, batch_size=section.batch_size,
+                                       device=params.device, method=section.method)
+        write_json(path, {str(n): value for n, value in point_seconds.items()})
+    return point_seconds
+
+
+def adaptive_study(params: Params, study: Study, model: nn.Module, test: TensorSplit, directions: Directions,
+                   work: Path, surfaces: dict[int, Surface], point_seconds: dict[int, float]
+                   ) -> tuple[Surface, dict[str, Any]] | None:
+    """The adaptive surface on `adaptive_grid_points`² (resumable) and what checks it: its certificate, a spot
+    check, the agreement with the study's fully evaluated surface at the same n (else the reference n) at the
+    points both grids share, its time and the estimated time of every point (from the per-point timings)."""
+    section = params.sample_size
+    if not section.adaptive_grid_points:
+        return None
+    n = min(section.adaptive_n_examples, len(test))
+    size = section.adaptive_grid_points
+    axis = np.linspace(-section.extent, section.extent, size)
+    path, record_path = work / ADAPTIVE_FILE, work / "adaptive.json"
+    record = _read_json(record_path)
+    options = dict(seed=params.seed, batch_size=section.batch_size, device=params.device, method=section.method,
+                   clip_radius=section.extent if section.clip else None)
+    print(f"{STAGE}: adaptive surface with n={n} examples ({size}×{size}, tolerance {section.adaptive_tolerance:g})",
+          flush=True)
+    if record and path.is_file():
+        return Surface.load(path), record
+    if path.is_file() and Surface.load(path).meta.get("complete"):
+        path.unlink()  # finished, but killed before its time was written: compute it again to time it
+    before = _computed_points(path)
+    start = time.perf_counter()
+    surface = compute_surface(model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
+                              adaptive=section.adaptive_tolerance, meta={
+                                  "model": study.model, "dataset": study.dataset, "split": "test",
+                                  "checkpoint": str(study.checkpoint), "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE),
+                                  "name": f"adaptive, n = {n}"}, **options)
+    certificate = certificate_of(surface)
+    seconds = time.perf_counter() - start
+    if before:  # resumed mid-way: this run's time scaled to all the evaluations
+        seconds *= certificate.evaluations / max(certificate.evaluations - before, 1)
+    full = surfaces.get(n, surfaces[max(surfaces)])
+    check = {}
+    if section.adaptive_spot_checks and certificate.interpolated:
+        with point_function(model, test.x, test.y, directions, surface.example_indices, method=section.method,
+                            batch_size=section.batch_size, device=params.device) as evaluate:
+            check = spot_check(surface, evaluate, section.adaptive_spot_checks, seed=params.seed)
+    every_point = point_seconds.get(n, 0.0) * certificate.drawn
+    record = {"grid_points": size, "n": n, "tolerance": section.adaptive_tolerance,
+              **{key.removeprefix("adaptive_"): value for key, value in certificate.meta().items()},
+              "evaluations": certificate.evaluations, "evaluated_fraction": certificate.evaluated_fraction,
+              "summary": certificate.summary(), "seconds": seconds,
+              "every_point_seconds_estimated": every_point or None,
+              "speedup_estimated": every_point / seconds if every_point else None,
+              "spot_points": check.get("points", 0), "spot_max_abs_ln_loss_error": check.get("max_abs_ln_loss_error"),
+              "spot_mean_abs_ln_loss_error": check.get("mean_abs_ln_loss_error"),
+              "spot_within_certificate": check.get("within_certificate"),
+              "compared_with_n": int(full.meta["n_examples"]), "compared_with_grid_points": len(full.xs),
+              **{f"common_{key.removeprefix('common_')}": value
+                 for key, value in common_points_agreement(surface, full).items()}}
+    write_json(record_path, record)
+    return surface, record
+
+
+def publish_adaptive(root: Path, study: Study, adaptive: tuple[Surface, dict[str, Any]],
+                     surfaces: dict[int, Surface], grid: Grid, work: Path) -> Path:
+    """The adaptive surface's file and its page beside the fully evaluated surface it was compared with."""
+    surface, record = adaptive
+    shutil.copy2(work / ADAPTIVE_FILE, root / SURFACE_DIR / ADAPTIVE_FILE)
+    full = surfaces.get(record["compared_with_n"], surfaces[max(surfaces)])
+    size, full_size = record["grid_points"], record["compared_with_grid_points"]
+    checks = {key: record[key] for key in ("evaluations", "interpolated", "max_error", "spot_max_abs_ln_loss_error",
+                                           "common_points", "common_max_abs_ln_loss_diff", "seconds")}
+    titles = [f"every point: {full_size}×{full_size}, n = {record['compared_with_n']}",
+              f"adaptive: {size}×{size}, n = {record['n']}, tolerance {record['tolerance']:g}"]
+    figure = compare_figure([full, surface], titles, columns=2, clip_radius=grid.clip_radius,
+                            metrics=[shape_metrics(full), {**shape_metrics(surface), **checks}],
+                            title=f"{study.model} on {study.dataset}: an adaptive surface beside a fully evaluated one "
+                                  "(\"evaluated points only\" shows where it evaluated)")
+    return write_html(figure, root / REPORT_DIR / "adaptive.html")
+
+
+def publish(root: Path, params: Params, study: Study, surfaces: dict[int, Surface], rows: list[dict[str, Any]],
+            auto: dict[str, Any], grid: Grid, work: Path,
+            adaptive: tuple[Surface, dict[str, Any]] | None = None) -> None:
+    """The stage's outputs (surfaces, pages, metrics) and their MLflow copies."""
+    ns = params.sample_size.n_examples
+    by_n = {row["n"]: row for row in rows}
+    surface_dir, report_dir = root / SURFACE_DIR, root / REPORT_DIR
+    surface_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(work / DIRECTIONS_FILE, surface_dir / DIRECTIONS_FILE)
+    for n in ns:
+        shutil.copy2(work / surface_name(n), surface_dir / surface_name(n))
+    table = [{**shape_metrics(surfaces[n]), **{k: v for k, v in by_n[n].items() if k != "n" and v is not None}}
+             for n in ns]
+    title = (f"{study.model} on {study.dataset}: the same directions, n test examples per point "
+             f"(fidelity against n = {max(ns)})")
+    compare_page = write_html(compare_figure([surfaces[n] for n in ns], [f"n = {n}" for n in ns], columns=3,
+                                             clip_radius=grid.clip_radius, metrics=table, title=title),
+                              report_dir / "compare.html")
+    fidelity_page = write_html(sample_size_figure(rows, tolerance=params.sample_size.auto_tolerance,
+                                                  title=f"{study.model} on {study.dataset}: fidelity and "
+                                                        "speed-up vs number of examples"),
+                               report_dir / "fidelity.html")
+    summary = {"model": study.model, "dataset": study.dataset, "grid_points": grid.points, "reference_n": max(ns),
+               "by_n": {str(row["n"]): row for row in rows}, "auto": auto}
+    pages = [compare_page, fidelity_page]
+    if adaptive is not None:
+        pages.append(publish_adaptive(root, study, adaptive, surfaces, grid, work))
+        summary["adaptive"] = adaptive[1]
+        mlflow.log_metrics({f"adaptive_{key}": float(value) for key, value in adaptive[1].items()
+                            if isinstance(value, int | float) and value is not None})
+    write_json(root / METRICS_PATH, summary)
+    write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
+
+    for row in rows:
+        mlflow.log_metrics({key: value for key, value in row.items() if key != "n" and value is not None},
+                           step=row["n"])
+    mlflow.log_metrics({f"auto_{key}": float(value) for key, value in auto.items()
+                        if isinstance(value, int | float) and value is not None})
+    for page in pages:
+        mlflow.log_artifact(str(page), "reports")
+    mlflow.log_artifact(str(root / METRICS_PATH))
+    mlflow.log_artifacts(str(surface_dir), "surfaces")
 
 
 def _fmt(value: float | None) -> str:
