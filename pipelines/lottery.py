@@ -29,14 +29,14 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
-from lossviz.data import DataError, Splits, TensorSplit, load_splits
+from lossviz.data import DataError, Splits, load_splits
 from lossviz.lottery import IMPConfig, LevelResult, LotteryCallbacks, level_name, run_lottery
 from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
-from pipelines.tracking import ensure_store, get_experiment_id, run_tags
+from pipelines.tracking import ensure_store, get_experiment_id, reclaim_run, run_tags
 
 STAGE = "lottery"
 EXPERIMENT = "lottery"
@@ -46,8 +46,8 @@ PLOT_PATH = Path("metrics/lottery.csv")  # test accuracy vs weights remaining, b
 
 
 def train_config(params: Params) -> TrainConfig:
-    """Every level early-stops at its minimum validation loss (Frankle & Carbin), so it is not a param."""
-    return TrainConfig.from_settings(params.lottery, early_stopping=True, seed=params.seed, device=params.device)
+    """The config of every level (early stopping is on: the section fixes it, see LotteryParams)."""
+    return TrainConfig.from_settings(params.lottery, seed=params.seed, device=params.device)
 
 
 def imp_config(params: Params) -> IMPConfig:
@@ -71,9 +71,8 @@ def work_dir(root: Path, params: Params) -> Path:
 
 def check_against_data(params: Params, splits: Splits) -> list[str]:
     section, problems = params.lottery, []
-    train_size = min(len(splits.train), section.max_train_examples or len(splits.train))
-    if section.batch_size > train_size:
-        problems.append(f"lottery.batch_size: got {section.batch_size}; allowed: 1 … {train_size} "
+    if section.batch_size > len(splits.train):
+        problems.append(f"lottery.batch_size: got {section.batch_size}; allowed: 1 … {len(splits.train)} "
                         "(the training-set size)")
     if splits.val is None:
         problems.append("data.val_size: got 0; the lottery stage early-stops on a validation split: set it > 0")
@@ -89,6 +88,7 @@ class Tracker:
         self.client = MlflowClient()
         self.experiment_id = get_experiment_id(EXPERIMENT, root)
         self.tags = run_tags(STAGE, root)
+        self.reclaimed: set[str] = set()
         self.params = params
         self.run_prefix = run_prefix
         self.path = work / "mlflow.json"
@@ -101,12 +101,17 @@ class Tracker:
         self.path.write_text(json.dumps(self.state, indent=1, sort_keys=True))
 
     def _existing(self, run_id: str | None) -> bool:
+        """Whether `run_id` is a live run to continue (reclaimed for this process if so)."""
         if run_id is None:
             return False
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            active = self.client.get_run(run_id).info.lifecycle_stage == "active"
         except mlflow.exceptions.MlflowException:
             return False
+        if active and run_id not in self.reclaimed:
+            reclaim_run(self.client, run_id)
+            self.reclaimed.add(run_id)
+        return active
 
     def parent(self, kind: str) -> str:
         run_id = self.state["parents"].get(kind)
@@ -237,7 +242,7 @@ def main() -> int:
     try:
         config, imp = train_config(params), imp_config(params)
         splits = load_splits(data_root(root), section.dataset, params.data.val_size, params.seed,
-                             params.data.normalize)
+                             params.data.normalize, section.max_train_examples)
     except (ValueError, DataError) as error:
         print(f"{STAGE}: {error}", file=sys.stderr)
         return 2
@@ -245,10 +250,6 @@ def main() -> int:
     if problems:
         print(f"{STAGE}: invalid params\n" + "\n".join(f"  {line}" for line in problems), file=sys.stderr)
         return 2
-    if section.max_train_examples:
-        splits = Splits(TensorSplit(splits.train.x[:section.max_train_examples],
-                                    splits.train.y[:section.max_train_examples]), splits.val, splits.test,
-                        splits.dataset)
 
     work = work_dir(root, params)
     tracker = Tracker(root, work, params, f"{section.model}-{section.dataset}")

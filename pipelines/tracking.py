@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,37 @@ def ensure_store(root: Path | None = None) -> str:
         with open(store_dir / ".store.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             MlflowClient(uri).search_experiments(max_results=1)
+    close_orphaned_runs(MlflowClient(uri))
     return uri
+
+
+HOST_TAG, PID_TAG = "lossviz.host", "lossviz.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient) -> list[str]:
+    """Mark KILLED the runs still RUNNING whose stage process, on this host, is gone (a SIGKILL, an out-of-memory
+    kill, a closed terminal): MLflow alone would show them running forever. Runs of other hosts (sweep workers
+    elsewhere) are left to their own machines. Returns the run ids it closed."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    host = socket.gethostname().replace("'", "")
+    orphans = [run for run in client.search_runs(
+        experiments, filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+        if not _alive(int(run.data.tags.get(PID_TAG, "0") or 0))]
+    for run in orphans:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [run.info.run_id for run in orphans]
 
 
 def get_experiment_id(name: str, root: Path | None = None) -> str:
@@ -66,8 +97,16 @@ def get_experiment_id(name: str, root: Path | None = None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def reclaim_run(client: MlflowClient, run_id: str) -> None:
+    """A run this process continues (a resumed stage): RUNNING again, owned by this host and process."""
+    client.set_tag(run_id, HOST_TAG, socket.gethostname())
+    client.set_tag(run_id, PID_TAG, str(os.getpid()))
+    client.update_run(run_id, status="RUNNING")
+
+
 def run_tags(stage: str, root: Path) -> dict[str, str]:
-    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage)}
+    # host and pid: the process that owns the run, so that the next stage run can close it if it was killed
+    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -46,7 +46,8 @@ def make_project(root: Path, params: dict, stages: tuple[str, ...], *, dvc: bool
     `tiny_data`) the tiny prepared dataset; a git + DVC repository when `dvc`. Returns the stages."""
     root.mkdir(parents=True, exist_ok=True)
     defined = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    chosen = {name: defined[name] for name in stages}
+    # `validate` comes along: every stage depends on its check of params.yaml.
+    chosen = {name: defined[name] for name in ("validate", *stages)}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": chosen}, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     if tiny_data:

@@ -48,13 +48,16 @@ def tiny_params(raw_dir: Path) -> dict:
                           verify_checksums=False, val_size=100)
     params["train"].update(model="lenet5", epochs=1, batch_size=50, train_eval_examples=100)
     params["sample_size"].update(n_examples=[5, 20, 60], grid_points=5, auto_candidates=[5, 20, 60],
-                                 auto_tolerance=0.5, auto_pilot_points=3, timing_points=2, timing_rounds=1)
+                                 auto_tolerance=0.5, auto_pilot_points=3, timing_points=2, timing_rounds=1,
+                                 adaptive_grid_points=33, adaptive_n_examples=20, adaptive_spot_checks=10)
     params["batch_sweep"].update(batch_sizes=[25, 100], epochs=1, max_train_examples=None,
                                  train_eval_examples=100)
     params["batch_landscapes"].update(grid_points=5, n_examples=40, trace_samples=2, hessian_iterations=5)
     params["lottery"].update(epochs=1, batch_size=50, levels=2, rate=0.5, max_train_examples=None,
                              train_eval_examples=100)
     params["lottery_landscapes"].update(levels=[0, 1], grid_points=5, n_examples=40)
+    params["lottery_stability"].update(levels=[0, 1], rewind_epochs=[0], n_examples=40, path_points=5,
+                                       plane_grid_points=3, plane_n_examples=40)
     return params
 
 
@@ -138,7 +141,7 @@ def test_push_then_pull_in_a_new_clone_restores_identical_outputs(project, tmp_p
 def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
     result = run([str(BIN / "dvc"), "exp", "run", "-n", "longer-train", "-S", "train.epochs=2"], project)
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "sample_size", "report"}
+    assert ran == {"validate", "train", "sample_size", "report"}  # validate reruns on any param, alone
     import sqlite3
 
     rows = sqlite3.connect(project / "mlruns" / "mlflow.db").execute(

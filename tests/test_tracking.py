@@ -44,3 +44,32 @@ def test_tracking_uri_env_overrides(fresh_root, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
     assert tracking.tracking_uri() == f"sqlite:///{other}"
     assert tracking.artifact_location("x") is None
+
+
+def test_a_killed_stage_s_run_is_closed_when_the_next_stage_starts(fresh_root):
+    """A stage killed with SIGKILL leaves its run RUNNING; the next stage on this host marks it KILLED, and
+    leaves alone the runs of live processes and of other hosts (sweep workers elsewhere)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tracking.ensure_store(fresh_root)
+    client = MlflowClient()
+    experiment = tracking.get_experiment_id("demo", fresh_root)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = gone.stdout.strip()
+    here = socket.gethostname()
+    runs = {name: client.create_run(experiment, run_name=name, tags={tracking.HOST_TAG: host,
+                                                                     tracking.PID_TAG: pid}).info.run_id
+            for name, host, pid in (("killed", here, dead_pid), ("alive", here, str(os.getpid())),
+                                    ("elsewhere", "another-host", dead_pid))}
+    assert client.get_run(runs["killed"]).info.status == "RUNNING"
+    tracking.ensure_store(fresh_root)
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"killed": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+
+    tracking.reclaim_run(client, runs["killed"])  # a resumed stage continues it
+    resumed = client.get_run(runs["killed"])
+    assert resumed.info.status == "RUNNING" and resumed.data.tags[tracking.PID_TAG] == str(os.getpid())
