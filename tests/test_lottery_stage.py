@@ -32,6 +32,7 @@ def tiny_params(levels: int = 3, epochs: int = 2) -> dict:
                              max_train_examples=None, train_eval_examples=100, random_tickets=True)
     params["lottery_landscapes"].update(levels=[0, levels - 1], kinds=["winning", "random"], grid_points=5,
                                         n_examples=50)
+    params["lottery_stability"].update(levels=[0, levels - 1], rewind_epochs=[0])  # below lottery.levels/epochs
     return params
 
 
