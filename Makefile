@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
-	@bash scripts/system-deps.sh data
+	@bash scripts/system-deps.sh data browser  # chromium: the report's thumbnails (kaleido)
 
 repro: setup
 	$(VENV)/bin/dvc repro
@@ -32,5 +32,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check lossviz pipelines tests benchmarks
 
+# The MLflow UI on http://127.0.0.1:$(UI_PORT); Ctrl-C or SIGTERM stops all of its processes (scripts/mlflow-ui.sh).
+UI_PORT ?= 5000
+UI_STORE ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	bash scripts/mlflow-ui.sh $(VENV)/bin/mlflow --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)

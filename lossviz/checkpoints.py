@@ -27,6 +27,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write through `write` to a temporary file next to `path`, then rename it over `path`: a reader (or a
     run killed mid-write) sees either the old file or the new one, never half of one."""
@@ -34,6 +40,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp's 0600 would make pages and checkpoints private
         with os.fdopen(handle, "wb") as temp_file:
             write(temp_file)
             temp_file.flush()

@@ -1,4 +1,8 @@
-"""Where code runs: device resolution, CPU thread count, seeding. Shared by training and surfaces."""
+"""Where code runs: device resolution, CPU threads, seeding. Shared by training and surfaces.
+
+torch is imported inside the functions: `prepare_cpu_environment` must run before torch loads, and the
+command line imports this module without paying for torch.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ import functools
 import os
 import random
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'"
 
@@ -23,6 +30,8 @@ def check_device_name(device: str) -> str:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn a `device` setting into a torch.device; 'auto' picks CUDA when it is available."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     check_device_name(device)
@@ -33,16 +42,35 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def configure_cpu() -> None:
-    """Use every core this process may run on (not the machine's count) and guard against subnormal
-    floats, which make CPU inference many times slower near a flat minimum."""
+def prepare_cpu_environment() -> None:
+    """Before torch loads (the `lossviz` command calls it first): OpenMP threads that wait sleep at once
+    (OMP_WAIT_POLICY=PASSIVE) instead of spinning, unless the environment already says. Beside busy
+    neighbours a spinning thread burns the time slices its sibling needs to reach the barrier and throughput
+    collapses; sleeping threads keep most of it (benchmarks/bench_contention.py). libgomp reads the setting
+    once, when torch loads it."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (not the machine's count)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    threads = int(os.environ.get("LOSSVIZ_THREADS", cores))
+        return os.cpu_count() or 1
+
+
+def configure_cpu() -> None:
+    """Threads for CPU work: LOSSVIZ_THREADS when set, else one per usable core. The count does not follow
+    the machine's load: under contention the scheduler shares time per thread, so fewer threads only lose
+    share (measured: benchmarks/bench_contention.py), and a fixed count keeps results independent of the
+    neighbours. Also guards against subnormal floats, which make CPU inference many times slower near a flat
+    minimum."""
+    import torch
+
+    setting = os.environ.get("LOSSVIZ_THREADS")
+    threads = max(1, int(setting)) if setting else usable_cores()
     if torch.get_num_threads() != threads:
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()
 
@@ -65,6 +93,8 @@ def keep_freed_memory() -> None:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way for explicit use."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -4,7 +4,9 @@ the RNG states a resume restores."""
 from __future__ import annotations
 
 import collections
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -102,6 +104,15 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_save({"value": torch.zeros(3), "bad": lambda: None}, path)
     assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        written = atomic_save({"value": torch.ones(1)}, tmp_path / "state.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644  # readable by a web server or a colleague
 
 
 def test_rng_states_round_trip():

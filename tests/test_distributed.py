@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from helpers_engine import make_model, write_prepared_fashion_mnist
 
-from lossviz.surface import COMPUTED, PENDING, Surface
+from lossviz.surface import COMPUTED, PENDING, Surface, point_checksums
 
 pytestmark = [
     pytest.mark.slow,
@@ -133,6 +133,9 @@ def test_a_killed_rank_then_a_rerun_computes_only_the_missing_points(job, tmp_pa
         loss = np.asarray(f["test_loss"])
         loss.ravel()[kept] += 1000.0
         f["test_loss"][...] = loss
+        # An edit on purpose: store its checksums, else the rerun (rightly) refuses the file as corrupted.
+        f["point_crc32"][...] = point_checksums(f["point_status"][...], loss, f["test_acc"][...],
+                                                f["test_loss_se"][...]).reshape(loss.shape)
 
     result = _run(command)
     assert result.returncode == 0, result.stderr
