@@ -8,6 +8,10 @@ Measures, in interleaved rounds (the cores are shared, so every round measures e
 - a loop written the official tool's way (lenet5): directions read from the HDF5 direction file and copied
   into the model at every point, then a fresh DataLoader with 2 workers and ToTensor/Normalize over the
   examples (Normalize(0, 1), so its inputs equal ours and its losses can be checked against ours).
+- a tiny GPT-2-style language model (transformers, random weights) on 32 sequences of 32 tokens: the engine's
+  points/s (task="language_modelling") over plain inference with the same loss on the same batch;
+- lenet5's surface from a 1.2M-example map-style Dataset (items made on demand) against the same from 250
+  tensors: the subset is drawn once and held on the device, so a point should cost the same (goal: within 10 %).
 Then one real 125×125 lenet5 surface, written to an HDF5 file. Models are trained briefly here (Adam, a
 few hundred steps, seeded), because trained weights behave differently from random ones (subnormals).
 Prints figures, then a JSON line last.
@@ -20,6 +24,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -31,9 +36,10 @@ from torch.utils.data import DataLoader, Dataset
 from lossviz.data import load_splits
 from lossviz.directions import random_directions, save_directions
 from lossviz.engine import compute_surface, make_evaluator
+from lossviz.fused import FastPathFallback
 from lossviz.models import build_model
 from lossviz.runtime import configure_cpu
-from lossviz.tasks import select_examples
+from lossviz.tasks import language_modelling, select_examples
 
 N_EXAMPLES = 250
 
@@ -60,11 +66,47 @@ def plain_rate(model, x, y, points: int) -> float:
     return points / (time.perf_counter() - start)
 
 
-def engine_rate(model, x, y, directions, side: int) -> float:
+def engine_rate(model, x, y, directions, side: int, n_examples: int | None = None, **options) -> float:
     grid = np.linspace(-1, 1, side)
     start = time.perf_counter()
-    compute_surface(model, x, y, directions, grid, grid, n_examples=None, progress=False, device="cpu")
+    compute_surface(model, x, y, directions, grid, grid, n_examples=n_examples, progress=False, device="cpu",
+                    **options)
     return side * side / (time.perf_counter() - start)
+
+
+class ManyExamples(Dataset):
+    """1.2M examples made on demand by cycling through a few real ones (an ImageNet-sized index)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, size: int = 1_200_000):
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        return self.x[index % len(self.x)], self.y[index % len(self.y)]
+
+
+def tiny_language_model():
+    """A 2-layer GPT-2 (width 64, 128-token vocabulary), random weights: no download. None without transformers."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=128, n_positions=32, n_embd=64, n_layer=2, n_head=2, bos_token_id=0,
+                        eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def plain_lm_rate(model, batch: dict, points: int) -> float:
+    task = language_modelling()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(points):
+            task.evaluate(model, inputs, batch["labels"])[0].mean()
+    return points / (time.perf_counter() - start)
 
 
 class PilImages(Dataset):
@@ -138,8 +180,14 @@ def main() -> None:
     save_directions(directions["lenet5"], dir_file)
     official_points = [(-0.5, 0.25), (0.0, 0.0), (0.5, -0.25), (1.0, 1.0)]
 
+    language_model = tiny_language_model()
+    tokens = torch.randint(1, 128, (32, 32), generator=torch.Generator().manual_seed(0))
+    lm_batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
+    lm_directions = random_directions(language_model, seed=0) if language_model is not None else None
+    many = ManyExamples(x, y)
     rates: dict[str, list[float]] = {k: [] for k in (
-        "lenet5_plain", "lenet5_engine", "lenet5_official", "fashion_cnn_plain", "fashion_cnn_engine")}
+        "lenet5_plain", "lenet5_engine", "lenet5_official", "fashion_cnn_plain", "fashion_cnn_engine",
+        "lenet5_dataset_engine", *(("gpt_plain", "gpt_engine") if language_model is not None else ()))}
     official_losses: list[float] = []
     for round_index in range(args.rounds):
         rates["lenet5_plain"].append(plain_rate(models["lenet5"], x, y, 100))
@@ -149,6 +197,14 @@ def main() -> None:
         rates["lenet5_official"].append(rate)
         rates["fashion_cnn_plain"].append(plain_rate(models["fashion_cnn"], x, y, 20))
         rates["fashion_cnn_engine"].append(engine_rate(models["fashion_cnn"], x, y, directions["fashion_cnn"], 6))
+        rates["lenet5_dataset_engine"].append(engine_rate(models["lenet5"], many, None, directions["lenet5"], 12,
+                                                          n_examples=N_EXAMPLES))
+        if language_model is not None:
+            rates["gpt_plain"].append(plain_lm_rate(language_model, lm_batch, 20))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FastPathFallback)  # transformers models: the plain forward
+                rates["gpt_engine"].append(engine_rate(language_model, lm_batch, None, lm_directions, 6,
+                                                       task="language_modelling"))
         print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
 
     def ratio(numerator: str, denominator: str) -> float:  # per-round ratios, then their median
@@ -157,7 +213,10 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in rates.items()}
     ratios = {"lenet5_engine_over_plain": ratio("lenet5_engine", "lenet5_plain"),
               "fashion_cnn_engine_over_plain": ratio("fashion_cnn_engine", "fashion_cnn_plain"),
-              "lenet5_engine_over_official_way": ratio("lenet5_engine", "lenet5_official")}
+              "lenet5_engine_over_official_way": ratio("lenet5_engine", "lenet5_official"),
+              "lenet5_dataset_over_tensors": ratio("lenet5_dataset_engine", "lenet5_engine")}
+    if language_model is not None:
+        ratios["gpt_engine_over_plain"] = ratio("gpt_engine", "gpt_plain")
     # The official-way loop must compute the same surface: check its losses against ours.
     evaluator = make_evaluator("fast", models["lenet5"], directions["lenet5"], x, y, device="cpu")
     ours_losses = [evaluator.evaluate(a, b).loss for a, b in official_points]
@@ -168,6 +227,11 @@ def main() -> None:
     print(f"fashion_cnn: engine / plain inference = {ratios['fashion_cnn_engine_over_plain']:.2f} (goal ≥ 1.0)")
     print(f"lenet5: engine / official-way loop = {ratios['lenet5_engine_over_official_way']:.1f} (goal ≥ 20)")
     print(f"official-way losses vs ours: max relative difference {official_max_rel_diff:.1e}")
+    print(f"lenet5: engine on a 1.2M-example Dataset / on 250 tensors = {ratios['lenet5_dataset_over_tensors']:.2f} "
+          "(goal ≥ 0.9)")
+    if language_model is not None:
+        print(f"tiny GPT-2 LM: engine / plain inference = {ratios['gpt_engine_over_plain']:.2f} (no fx rewrite "
+              "applies: the plain forward, weights written in place)")
 
     full = {}
     if not args.skip_full_grid:

@@ -15,9 +15,10 @@ them.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,49 @@ def model_tensors(model: nn.Module, mode: str = "weights") -> dict[str, torch.Te
     return {name: t.detach() for name, t in model.state_dict().items()}
 
 
+# Which parameters a direction moves: every one, those with requires_grad (a frozen backbone stays put), or a
+# filter: a callable name -> bool, or fnmatch patterns of names (a string or a list of strings).
+PARAM_CHOICES = ("all", "trainable")
+ParamsChoice = str | Callable[[str], bool] | Sequence[str]
+
+
+def chosen_tensors(model: nn.Module, params: ParamsChoice = "all", mode: str = "weights") -> tuple[set[str], str]:
+    """The names of the model's `mode` tensors that move under `params`, and the choice as recorded in the
+    surface's metadata ("all", "trainable", "filter: pattern, ..." or "filter: <callable name>").
+
+    "trainable" keeps the parameters with requires_grad (in "states" mode the buffers, never trained, stay put)."""
+    names = list(model_tensors(model, mode))
+    if isinstance(params, str) and params in PARAM_CHOICES:
+        if params == "all":
+            return set(names), "all"
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        return {name for name in names if name in trainable}, "trainable"
+    if callable(params):
+        chosen = {name for name in names if params(name)}
+        label = f"filter: {getattr(params, '__name__', type(params).__name__)}"
+    elif isinstance(params, str | Sequence) and all(isinstance(p, str) for p in params) and len(params):
+        patterns = [params] if isinstance(params, str) else list(params)
+        chosen = {name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}
+        label = "filter: " + ", ".join(patterns)
+    else:
+        raise ValueError(f"params={params!r} is not valid; allowed: {', '.join(PARAM_CHOICES)}, name patterns "
+                         "(e.g. 'classifier.*' or a list of them) or a callable name -> bool")
+    if not chosen:
+        raise ValueError(f"params={params!r} matches none of the model's {mode} tensors (e.g. {names[:3]})")
+    return chosen, label
+
+
+def restrict_directions(directions: Directions, model: nn.Module, params: ParamsChoice) -> Directions:
+    """The same directions with zeros on the tensors `params` does not choose: those are never perturbed (the
+    evaluators skip zero directions). Per-tensor normalization is unchanged, so this equals normalizing on the
+    chosen set alone; the choice goes into the metadata ("params") and from there into the surface's."""
+    chosen, label = chosen_tensors(model, params, directions.mode)
+    axes = [{name: tensor if name in chosen else torch.zeros_like(tensor) for name, tensor in axis.items()}
+            for axis in directions.axes()]
+    return Directions(axes[0], axes[1] if len(axes) > 1 else None, directions.mode,
+                      {**directions.meta, "params": label})
+
+
 def normalize_direction(direction: torch.Tensor, weight: torch.Tensor, norm: str) -> torch.Tensor:
     """Rescale one tensor's direction against its weight (in place; returned for chaining).
 
@@ -148,11 +192,13 @@ def _random_direction(tensors: Mapping[str, torch.Tensor], generator: torch.Gene
 
 def random_directions(model: nn.Module, seed: int = 0, norm: str = "filter", ignore: str = "biasbn",
                       mode: str = "weights", mask: Mapping[str, torch.Tensor] | None = None,
-                      two_d: bool = True) -> Directions:
+                      two_d: bool = True, params: ParamsChoice = "all") -> Directions:
     """Two (or one, `two_d=False`) seeded Gaussian directions, normalized against the model's weights.
 
     Draws one N(0,1) tensor per model tensor from `torch.Generator().manual_seed(seed)`, x before y.
-    `mask` ({name: 0/1 tensor}) zeroes pruned coordinates before normalization.
+    `mask` ({name: 0/1 tensor}) zeroes pruned coordinates before normalization. `params` chooses the tensors
+    that move (`chosen_tensors`: "all", "trainable", name patterns or a callable); the others get zero
+    directions, so a frozen backbone is never perturbed. The random stream is the same whatever the choice.
     """
     _check_choice("norm", norm, NORMS)
     _check_choice("ignore", ignore, IGNORES)
@@ -165,7 +211,8 @@ def random_directions(model: nn.Module, seed: int = 0, norm: str = "filter", ign
     x = _random_direction(tensors, generator, norm, ignore, mask)
     y = _random_direction(tensors, generator, norm, ignore, mask) if two_d else None
     meta = {"kind": "random", "seed": seed, "norm": norm, "ignore": ignore, "masked": mask is not None}
-    return Directions(x, y, mode, meta)
+    directions = Directions(x, y, mode, meta)
+    return directions if params == "all" else restrict_directions(directions, model, params)
 
 
 def _difference(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> Direction:

@@ -1,12 +1,12 @@
 """The landscape engine: mean loss and accuracy at every grid point θ = θ* + α·δ + β·η.
 
-Owns the walk over a grid: the seeded example subset (the same for every point, `lossviz.tasks`), the clip
-disk, the choice of evaluator (`make_evaluator`: "naive" and "vmap" in `lossviz.evaluators`, "fast" in
-`lossviz.fused`), resume through `SurfaceFile`, the progress bar, and the split of rounds between ranks
-under torch.distributed. Choosing the number of examples adaptively (`n_examples="auto"`) is one layer up,
-in `lossviz.sampling`. With `adaptive=TOL` the walk visits only the points `lossviz.adaptive.refine` asks for,
-round by round (each round split between ranks and resumed like the full walk), and fills the rest by
-interpolation.
+Owns the walk over a grid: the seeded example subset (the same for every point, `lossviz.inputs`; how it
+meets the model and the loss, `lossviz.tasks`), the clip disk, the choice of evaluator (`make_evaluator`:
+"naive" and "vmap" in `lossviz.evaluators`, "fast" in `lossviz.fused`), resume through `SurfaceFile`, the
+progress bar, and the split of rounds between ranks under torch.distributed. Choosing the number of examples
+adaptively (`n_examples="auto"`) is one layer up, in `lossviz.sampling`. With `adaptive=TOL` the walk visits
+only the points `lossviz.adaptive.refine` asks for, round by round (each round split between ranks and
+resumed like the full walk), and fills the rest by interpolation.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from lossviz import distributed
 from lossviz.directions import Directions, model_digest, model_tensors, tensors_digest
 from lossviz.evaluators import NaiveEvaluator, PointEvaluator, VmapEvaluator
 from lossviz.fused import FastEvaluator
+from lossviz.inputs import check_model_accepts, draw_examples, examples_at
 from lossviz.options import METHODS
 from lossviz.runtime import configure_cpu, resolve_device
-from lossviz.surface import COMPUTED, Surface, SurfaceFile, outside_radius
-from lossviz.tasks import LossFn, PointResult, cross_entropy_per_example, select_examples
+from lossviz.surface import COMPUTED, NONFINITE, Surface, SurfaceFile, outside_radius
+from lossviz.tasks import LossFn, PointResult, Task, as_task
 
 EVALUATORS = {"naive": NaiveEvaluator, "fast": FastEvaluator, "vmap": VmapEvaluator}
 # Meta keys that must match for a surface file to be resumed rather than refused.
@@ -52,30 +53,33 @@ def grid_points(xs: np.ndarray, ys: np.ndarray | None) -> tuple[np.ndarray, np.n
 
 
 
-def make_evaluator(method: str, model: nn.Module, directions: Directions, inputs: torch.Tensor,
-                   targets: torch.Tensor, loss_fn: LossFn = cross_entropy_per_example,
+def make_evaluator(method: str, model: nn.Module, directions: Directions, inputs: Any,
+                   targets: Any, loss_fn: LossFn | None = None,
                    batch_size: int | None = None, device: str | torch.device = "auto",
-                   points_per_batch: int | None = None) -> PointEvaluator:
-    """An evaluator over exactly these examples (no subset is drawn here)."""
+                   points_per_batch: int | None = None, task: Task | str | None = None) -> PointEvaluator:
+    """An evaluator over exactly these examples (no subset is drawn here): inputs a tensor, a tuple or a dict
+    of tensors, targets a tensor; `task` (classification by default) with `loss_fn` replacing its loss."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not valid; allowed: {', '.join(METHODS)}")
     device = resolve_device(device)
     if method == "auto":
         method = "vmap" if device.type == "cuda" else "fast"
     extra = {"points_per_batch": points_per_batch} if method == "vmap" and points_per_batch else {}
-    return EVALUATORS[method](model, directions, inputs, targets, loss_fn, batch_size or len(targets), device,
-                              **extra)
+    return EVALUATORS[method](model, directions, inputs, targets, as_task(task, loss_fn),
+                              batch_size or len(targets), device, **extra)
 
 
 @contextmanager
-def point_function(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
-                   example_indices: np.ndarray, *, method: str = "auto", loss_fn: LossFn = cross_entropy_per_example,
-                   batch_size: int | None = None, device: str | torch.device = "auto"
-                   ) -> Iterator[adaptive_grid.PointFunction]:
+def point_function(model: nn.Module, inputs: Any, targets: Any, directions: Directions,
+                   example_indices: np.ndarray, *, method: str = "auto", loss_fn: LossFn | None = None,
+                   batch_size: int | None = None, device: str | torch.device = "auto",
+                   task: Task | str | None = None) -> Iterator[adaptive_grid.PointFunction]:
     """The engine's evaluator on these examples (a surface's `example_indices`) as a point function
     (alphas, betas) → (loss, acc, loss_se), e.g. for `lossviz.adaptive.spot_check`; closed on leaving."""
-    index = torch.from_numpy(np.asarray(example_indices, dtype=np.int64))
-    evaluator = make_evaluator(method, model, directions, inputs[index], targets[index], loss_fn, batch_size, device)
+    task = as_task(task, loss_fn)
+    examples = examples_at(inputs, targets, np.asarray(example_indices, dtype=np.int64), task)
+    evaluator = make_evaluator(method, model, directions, examples.inputs, examples.targets, None, batch_size, device,
+                               task=task)
     try:
         yield lambda alphas, betas: adaptive_grid.values_of(evaluator.evaluate_many(alphas, betas))
     finally:
@@ -98,15 +102,22 @@ def _check_directions(model: nn.Module, directions: Directions, two_d: bool) -> 
         raise ValueError("a 2-D surface (ys given) needs two directions; these have no y direction")
 
 
-def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
+def compute_surface(model: nn.Module, inputs: Any, targets: Any, directions: Directions,
                     xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray | None = None,
-                    n_examples: int | None = 250, seed: int = 0, loss_fn: LossFn = cross_entropy_per_example,
+                    n_examples: int | None = 250, seed: int = 0, loss_fn: LossFn | None = None,
                     batch_size: int | None = None, device: str | torch.device = "auto",
                     clip_radius: float | None = None, out: str | Path | None = None, progress: bool = True,
                     method: str = "auto", points_per_batch: int | None = None,
                     meta: dict[str, Any] | None = None,
-                    adaptive: float | adaptive_grid.AdaptiveSettings | None = None) -> Surface:
+                    adaptive: float | adaptive_grid.AdaptiveSettings | None = None,
+                    task: Task | str | None = None) -> Surface:
     """The loss landscape of `model` on a seeded subset of n_examples of (inputs, targets) over xs × ys.
+
+    The examples (`lossviz.inputs`): tensors; inputs that are a tuple or dict of tensors (fed as positional or
+    keyword arguments); or a map-style Dataset, a DataLoader or an iterable dataset with `targets=None`. The
+    subset is drawn once by index and held on the device. `task` (`lossviz.tasks`: "classification", the
+    default, "regression", "language_modelling" or your own `Task`) says how a batch meets the model, the
+    per-example loss and the accuracy (NaN where the task has none); `loss_fn` replaces the task's loss.
 
     Points are θ* + α·δ + β·η with δ, η = directions.x, .y; arrays are (ny, nx) with Z[iy, ix], or (nx,)
     when `ys` is None. `loss_fn(outputs, targets)` returns per-example losses. Points farther than
@@ -131,8 +142,7 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     ys = None if ys is None else np.asarray(ys, dtype=np.float64).ravel()
     if len(xs) == 0 or (ys is not None and len(ys) == 0):
         raise ValueError("xs and ys must hold at least one coordinate each")
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+    task = as_task(task, loss_fn)
     _check_directions(model, directions, ys is not None)
     torch_device = resolve_device(device)
     if torch_device.type == "cpu":
@@ -140,14 +150,14 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     settings = adaptive_grid.as_adaptive(adaptive)
     if settings is not None:
         meta = {**(meta or {}), **settings.meta()}
-    indices = select_examples(len(targets), n_examples, seed)
-    index_tensor = torch.from_numpy(indices)
-    template = _empty_surface(model, directions, xs, ys, indices, seed, loss_fn, clip_radius, meta)
+    indices, examples = draw_examples(inputs, targets, n_examples, seed, task)
+    check_model_accepts(model, examples.inputs)
+    template = _empty_surface(model, directions, xs, ys, indices, seed, task, clip_radius, meta)
     alphas, betas = grid_points(xs, ys)
     clipped = outside_radius(alphas, None if ys is None else betas, clip_radius) if clip_radius is not None \
         else np.zeros(len(alphas), dtype=bool)
     if distributed.world_size() > 1:
-        _check_same_on_every_rank(template.meta, inputs[index_tensor], targets[index_tensor], xs, ys,
+        _check_same_on_every_rank(template.meta, examples.tensors(), xs, ys,
                                   (method, torch_device.type, batch_size, points_per_batch))
 
     sink = _ResultSink(template, out)
@@ -158,15 +168,15 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         pending = distributed.from_rank_zero(lambda: sink.pending(clipped))
         if settings is not None:
             points = _AdaptivePoints(lambda: make_evaluator(
-                method, model, directions, inputs[index_tensor], targets[index_tensor], loss_fn, batch_size,
-                torch_device, points_per_batch), alphas, betas, sink, progress)
+                method, model, directions, examples.inputs, examples.targets, None, batch_size,
+                torch_device, points_per_batch, task), alphas, betas, sink, progress)
             try:
                 refinement = adaptive_grid.refine(xs, ys, points, settings, clipped=clipped)
             finally:
                 points.close()
         elif len(pending):
-            evaluator = make_evaluator(method, model, directions, inputs[index_tensor], targets[index_tensor],
-                                       loss_fn, batch_size, torch_device, points_per_batch)
+            evaluator = make_evaluator(method, model, directions, examples.inputs, examples.targets, None,
+                                       batch_size, torch_device, points_per_batch, task)
             _walk_grid(evaluator, pending, alphas, betas, sink, total=int((~clipped).sum()), progress=progress)
     finally:
         if evaluator is not None:
@@ -179,7 +189,7 @@ def compute_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 
 
 def _empty_surface(model: nn.Module, directions: Directions, xs: np.ndarray, ys: np.ndarray | None,
-                   indices: np.ndarray, seed: int, loss_fn: LossFn, clip_radius: float | None,
+                   indices: np.ndarray, seed: int, task: Task, clip_radius: float | None,
                    meta: dict[str, Any] | None) -> Surface:
     """The surface before any point is computed: its grid, examples and the metadata that identifies it."""
     surface_meta = {
@@ -187,7 +197,8 @@ def _empty_surface(model: nn.Module, directions: Directions, xs: np.ndarray, ys:
         "norm": directions.meta.get("norm"), "ignore": directions.meta.get("ignore"),
         "direction_kind": directions.meta.get("kind"), "direction_seed": directions.meta.get("seed"),
         "model_hash": model_digest(model), "directions_hash": directions.digest(),
-        "loss": getattr(loss_fn, "__name__", type(loss_fn).__name__), "clip_radius": clip_radius,
+        "loss": task.loss_name, "task": task.name, "params": directions.meta.get("params", "all"),
+        "clip_radius": clip_radius,
         "split": "test", **(meta or {}),
     }
     shape = (len(xs),) if ys is None else (len(ys), len(xs))
@@ -201,6 +212,7 @@ class _ResultSink:
     def __init__(self, template: Surface, out: str | Path | None):
         self.template, self.out = template, out
         self.store: SurfaceFile | None = None
+        self.nonfinite = 0  # points whose loss or accuracy came out NaN/±inf (without a file: left NaN)
 
     def pending(self, clipped: np.ndarray) -> np.ndarray:
         if self.out is None:
@@ -211,9 +223,11 @@ class _ResultSink:
     def record(self, flat: int, result: PointResult) -> None:
         if self.store is not None:
             self.store.record(flat, result.loss, result.acc, result.loss_se)
-        else:
+        elif np.isfinite(result.loss) and not np.isinf(result.acc):  # NaN accuracy: the task has none
             for name in ("loss", "acc", "loss_se"):
                 getattr(self.template, name).flat[flat] = getattr(result, name)
+        else:
+            self.nonfinite += 1
 
     def close(self) -> None:
         if self.store is not None:
@@ -223,6 +237,8 @@ class _ResultSink:
         if self.out is not None:
             return Surface.load(self.out)
         self.template.meta["complete"] = True
+        if self.nonfinite:
+            self.template.meta["nonfinite_points"] = self.nonfinite
         return self.template
 
     # -- adaptive surfaces: points asked for by flat index, the interpolated rest written at the end ----------
@@ -230,7 +246,8 @@ class _ResultSink:
         """Those of `flats` the file does not hold yet (all of them without a file)."""
         if self.store is None:
             return flats
-        return flats[self.store.status.flat[flats] != COMPUTED]
+        done = self.store.status.flat[flats]
+        return flats[(done != COMPUTED) & (done != NONFINITE)]
 
     def values(self, flats: np.ndarray) -> adaptive_grid.PointValues:
         source = self.store if self.store is not None else self.template
@@ -313,13 +330,13 @@ def _walk_rounds(evaluator: PointEvaluator, pending: np.ndarray, alphas: np.ndar
         bar.update(len(batch))
 
 
-def _check_same_on_every_rank(meta: dict[str, Any], inputs: torch.Tensor, targets: torch.Tensor, xs: np.ndarray,
+def _check_same_on_every_rank(meta: dict[str, Any], examples: list[torch.Tensor], xs: np.ndarray,
                               ys: np.ndarray | None, settings: tuple[Any, ...]) -> None:
     """Ranks that loaded different checkpoints, directions or data would silently mix surfaces, and ranks
     with different settings would walk the grid out of step: refuse, on every rank alike (all see the same
     gathered fingerprints)."""
     grid = [torch.from_numpy(xs)] + ([] if ys is None else [torch.from_numpy(ys)])
-    fingerprint = (meta["model_hash"], meta["directions_hash"], tensors_digest([inputs, targets, *grid]),
+    fingerprint = (meta["model_hash"], meta["directions_hash"], tensors_digest([*examples, *grid]),
                    meta["loss"], meta["clip_radius"], settings)
     fingerprints = distributed.all_gather(fingerprint)
     differing = [r for r, other in enumerate(fingerprints) if other != fingerprints[0]]

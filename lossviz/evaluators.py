@@ -13,6 +13,7 @@ changed.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from lossviz.directions import Directions, model_tensors
-from lossviz.tasks import LossFn, PointResult, summarize
+from lossviz.inputs import Batch
+from lossviz.tasks import LossFn, PointResult, Task, as_task, summarize
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:
@@ -37,15 +39,15 @@ def live_tensors(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
 class PointEvaluator:
     """Evaluates grid points on the cached examples; subclasses differ in how θ reaches the forward."""
 
-    def __init__(self, model: nn.Module, directions: Directions, inputs: torch.Tensor, targets: torch.Tensor,
-                 loss_fn: LossFn, batch_size: int, device: torch.device):
+    def __init__(self, model: nn.Module, directions: Directions, inputs: Any, targets: Any,
+                 task: Task | LossFn, batch_size: int, device: torch.device):
         self.mode = directions.mode
-        self.loss_fn = loss_fn
+        self.task = task if isinstance(task, Task) else as_task(None, task)
         self.device = device
         self.dtype = next(iter(model_tensors(model, self.mode).values())).dtype
-        self.inputs = inputs.to(device=device, dtype=self.dtype)  # cached on the device once
-        self.targets = targets.to(device)
-        self.slices = _batches(len(self.targets), batch_size)
+        # Cached on the device once; floating inputs in the model's dtype, integer ones (token ids) as they are.
+        self.examples = Batch(inputs, targets).to(device, self.dtype)
+        self.slices = _batches(len(self.examples), batch_size)
         reference = model_tensors(model, self.mode)
         # Only tensors with a nonzero direction change between points.
         self.moving = [name for name in reference if reference[name].is_floating_point() and any(
@@ -60,16 +62,18 @@ class PointEvaluator:
     def evaluate_many(self, alphas: Sequence[float], betas: Sequence[float]) -> list[PointResult]:
         return [self.evaluate(a, b) for a, b in zip(alphas, betas, strict=True)]
 
-    def _forward_all(self, forward: Callable[[torch.Tensor, slice], torch.Tensor]) -> PointResult:
+    def _forward_all(self, model: Callable[..., Any],
+                     before_batch: Callable[[slice], None] | None = None) -> PointResult:
+        """All cached examples through `model` (the forward at the current point), batch by batch."""
         losses, correct = [], []
         for batch in self.slices:
-            outputs = forward(self.inputs[batch], batch)
-            per_example = self.loss_fn(outputs, self.targets[batch])
-            if per_example.dim() != 1:
-                raise ValueError("loss_fn must return one loss per example (e.g. reduction='none')")
-            losses.append(per_example)
-            correct.append(outputs.argmax(dim=1).eq(self.targets[batch]).sum())
-        return summarize(torch.cat(losses), torch.stack(correct))
+            if before_batch is not None:
+                before_batch(batch)
+            examples = self.examples[batch]
+            batch_losses, batch_correct = self.task.evaluate(model, examples.inputs, examples.targets)
+            losses.append(batch_losses)
+            correct.append(batch_correct)
+        return summarize(torch.cat(losses), correct)
 
     def close(self) -> None:
         """Undo whatever the evaluator changed outside itself."""
@@ -92,7 +96,7 @@ class NaiveEvaluator(PointEvaluator):
                 step = alpha * self.dx[name] if self.dy is None else \
                     alpha * self.dx[name] + beta * self.dy[name]
                 self.live[name].copy_(self.base[name] + step)
-            return self._forward_all(lambda x, _: self.model(x))
+            return self._forward_all(self.model)
 
     def close(self) -> None:
         with torch.no_grad():
@@ -127,9 +131,12 @@ class VmapEvaluator(PointEvaluator):
         a = torch.tensor(list(alphas), dtype=self.dtype, device=self.device)
         b = torch.tensor(list(betas), dtype=self.dtype, device=self.device)
 
-        def per_point(moved: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-            outputs = torch.func.functional_call(self.work, {**self.fixed, **moved}, (x,))
-            return self.loss_fn(outputs, y), outputs.argmax(dim=1).eq(y).sum()
+        def per_point(moved: dict[str, torch.Tensor], x: Any, y: Any):
+            model = functools.partial(torch.func.functional_call, self.work, {**self.fixed, **moved})
+            losses, correct = self.task.evaluate(lambda *args, **kwargs: model(args, kwargs), x, y)
+            if correct is None:
+                return losses, torch.zeros(()), torch.zeros(())
+            return losses, torch.as_tensor(correct[0]), torch.as_tensor(correct[1])
 
         with torch.no_grad():
             moved = {}
@@ -138,12 +145,17 @@ class VmapEvaluator(PointEvaluator):
                 moved[name] = self.base[name] + a.view(shape) * self.dx[name]
                 if self.dy is not None:
                     moved[name] = moved[name] + b.view(shape) * self.dy[name]
-            losses, correct = [], []
+            losses, correct, counted = [], [], []
             for batch in self.slices:
-                batch_losses, batch_correct = torch.func.vmap(per_point, in_dims=(0, None, None))(
-                    moved, self.inputs[batch], self.targets[batch])
+                examples = self.examples[batch]
+                batch_losses, batch_correct, batch_counted = torch.func.vmap(per_point, in_dims=(0, None, None))(
+                    moved, examples.inputs, examples.targets)
                 losses.append(batch_losses)
                 correct.append(batch_correct)
-            losses_all, correct_all = torch.cat(losses, dim=1), torch.stack(correct, dim=1)
-        return [summarize(losses_all[k], correct_all[k]) for k in range(len(alphas))]
-
+                counted.append(batch_counted)
+            losses_all = torch.cat(losses, dim=1)
+            correct_all, counted_all = torch.stack(correct, dim=1), torch.stack(counted, dim=1)
+        if self.task.accuracy is None or not counted_all.any():
+            return [summarize(losses_all[k], None) for k in range(len(alphas))]
+        return [summarize(losses_all[k], list(zip(correct_all[k], counted_all[k], strict=True)))
+                for k in range(len(alphas))]

@@ -7,12 +7,14 @@ costs as little as the forward allows, with the same numbers as the naive loop (
 - max-pools that tile (kernel = stride) as strided maxima (this CPU build's max_pool2d is slow);
 - weights written in place from precomputed θ*, δ, η (no per-point allocation, copy or file read).
 
-Where torch.fx cannot trace the model it falls back to the untraced copy: exact, just less fast.
+Where torch.fx cannot trace the model (e.g. Hugging Face models) or a rewrite does not apply, it falls back to
+the untraced copy, saying why once (`FastPathFallback` warning): exact, just less fast.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -22,6 +24,18 @@ from torch import fx, nn
 from lossviz.directions import Directions
 from lossviz.evaluators import PointEvaluator, live_tensors
 from lossviz.tasks import PointResult
+
+# (model class, error type) pairs already warned about: the fallback is said once, not at every surface.
+_WARNED: set[tuple[str, str]] = set()
+
+
+class RewriteMismatch(RuntimeError):
+    """The fast path's rewritten graph does not compute what the model computes."""
+
+
+class FastPathFallback(UserWarning):
+    """The fast path could not trace or rewrite a model and uses its plain forward instead."""
+
 
 # Largest cache of precomputed first-layer activations (three tensors) the fast path will hold.
 FIRST_LAYER_CACHE_BYTES = 2 << 30
@@ -171,10 +185,6 @@ class FastEvaluator(PointEvaluator):
         with torch.no_grad():
             try:
                 self.module: nn.Module = fx.symbolic_trace(self.work)
-            except Exception as error:  # any untraceable Python in forward: stay exact, just less fast
-                self.module = self.work
-                self.optimizations.append(f"no fx trace ({type(error).__name__})")
-            else:
                 self._drop_eval_identities()
                 self._tile_max_pools()
                 layer_updates = self._fold_batchnorms(handled)
@@ -183,11 +193,42 @@ class FastEvaluator(PointEvaluator):
                 self.module.graph.eliminate_dead_code()
                 self.module.graph.lint()
                 self.module.recompile()
+                self._check_against_plain()
+            except Exception as error:  # untraceable Python in forward, or a rewrite that does not apply
+                self._fall_back(error, handled, updates)
             for name in self.moving:
                 if name not in handled:
                     updates.append(AffineUpdate(self.live[name], self.live[name].clone(), self.dx[name],
                                                 None if self.dy is None else self.dy[name]))
         self.updates = updates
+
+    def _check_against_plain(self) -> None:
+        """The rewritten graph at the centre against the model's own forward on the first batch: a rewrite that
+        does not apply to some model raises here, and the evaluator falls back instead of being wrong."""
+        first = self.slices[0]
+        inputs = self.examples[first].inputs
+        self._select_batch(first)
+        rewritten = self.task.output(self.task.feed(self.module, inputs))
+        plain = self.task.output(self.task.feed(self.work, inputs))
+        tolerance = 1e-4 * (1.0 + float(plain.abs().max())) if plain.numel() else 0.0
+        if rewritten.shape != plain.shape or not bool(((rewritten - plain).abs() <= tolerance).all()):
+            raise RewriteMismatch("the rewritten graph's outputs differ from the model's own forward at the centre")
+
+    def _fall_back(self, error: Exception, handled: set[str], updates: list[AffineUpdate]) -> None:
+        """The untraced copy, weights written in place: exact, just less fast. Says why, once per model class
+        and reason."""
+        self.module = self.work
+        self.first, self.dynamic_folds = None, []
+        handled.clear()
+        updates.clear()
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        self.optimizations = [f"no fx trace ({type(error).__name__})"]
+        key = (type(self.work).__name__, type(error).__name__)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(f"lossviz fast path: torch.fx cannot trace or rewrite {type(self.work).__name__} ({reason}); "
+                          "using its plain forward with weights written in place (same numbers, less speed)",
+                          FastPathFallback, stacklevel=4)
 
     # -- graph rewrites -----------------------------------------------------------------------------
     def _call_counts(self) -> dict[str, int]:
@@ -358,7 +399,7 @@ class FastEvaluator(PointEvaluator):
         try:
             self.module.recompile()
             for batch in self.slices:
-                self.module(self.inputs[batch])
+                self.task.feed(self.module, self.examples[batch].inputs)
         finally:
             hook.remove()
         return torch.cat(captured)
@@ -372,10 +413,9 @@ class FastEvaluator(PointEvaluator):
                 fold.refresh()
             if self.first is not None:
                 self.first.alpha, self.first.beta = alpha, beta
-            return self._forward_all(self._forward_batch)
+            return self._forward_all(self.module, self._select_batch)
 
-    def _forward_batch(self, x: torch.Tensor, batch: slice) -> torch.Tensor:
+    def _select_batch(self, batch: slice) -> None:
         if self.first is not None:
             self.first.batch = batch
-        return self.module(x)
 

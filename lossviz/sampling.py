@@ -32,9 +32,10 @@ from torch import nn
 from lossviz import distributed, engine
 from lossviz.directions import Directions
 from lossviz.engine import make_evaluator
+from lossviz.inputs import count_examples
 from lossviz.stats import finite_or_none, surface_fidelity
 from lossviz.surface import Surface, clip_radius_of, default_clip_radius, half_span_radius, outside_radius
-from lossviz.tasks import LossFn, cross_entropy_per_example, select_examples
+from lossviz.tasks import LossFn, Task, cross_entropy_per_example, select_examples
 
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_CANDIDATES = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -130,9 +131,10 @@ def effective_candidates(candidates: Sequence[int], n_available: int) -> list[in
 
 def choose_n_examples(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
                       xs: Sequence[float], ys: Sequence[float] | None = None, *, auto: AutoExamples | str = "auto",
-                      seed: int = 0, loss_fn: LossFn = cross_entropy_per_example, batch_size: int | None = None,
+                      seed: int = 0, loss_fn: LossFn | None = None, batch_size: int | None = None,
                       device: str | torch.device = "auto", clip_radius: float | None = None, method: str = "auto",
-                      points_per_batch: int | None = None, progress: bool = True) -> SampleSizeChoice:
+                      points_per_batch: int | None = None, progress: bool = True,
+                      task: Task | str | None = None) -> SampleSizeChoice:
     """The smallest candidate n whose worst pilot-grid standard error of ln(loss) inside the clip disk
     (`clip_radius`, else half the larger axis span) is at most the tolerance; the largest candidate when none
     is. Candidates are tried smallest first, each on the same pilot grid and the engine's seeded subset, so the
@@ -143,9 +145,13 @@ def choose_n_examples(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     radius = float(clip_radius) if clip_radius is not None else half_span_radius(xs, ys)
     pilot_x, pilot_y = pilot_axes(xs, ys, auto.pilot_points)
     trials: list[tuple[int, float]] = []
-    for n in effective_candidates(auto.candidates, len(targets)):
+    available = count_examples(inputs, targets)
+    if available is None:
+        raise ValueError("n_examples='auto' needs examples with a length (tensors or a map-style Dataset); give an "
+                         "iterable dataset a number of examples")
+    for n in effective_candidates(auto.candidates, available):
         pilot = engine.compute_surface(model, inputs, targets, directions, pilot_x, pilot_y, n_examples=n, seed=seed,
-                                loss_fn=loss_fn, batch_size=batch_size, device=device, clip_radius=radius,
+                                loss_fn=loss_fn, task=task, batch_size=batch_size, device=device, clip_radius=radius,
                                 progress=progress, method=method, points_per_batch=points_per_batch)
         worst = max_ln_loss_se(pilot, radius)
         trials.append((n, worst))
@@ -157,19 +163,19 @@ def choose_n_examples(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
 
 def adaptive_surface(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, directions: Directions,
                      xs: Sequence[float], ys: Sequence[float] | None = None, auto: AutoExamples | str = "auto", *,
-                     seed: int = 0, loss_fn: LossFn = cross_entropy_per_example, batch_size: int | None = None,
+                     seed: int = 0, loss_fn: LossFn | None = None, batch_size: int | None = None,
                      device: str | torch.device = "auto", clip_radius: float | None = None,
                      out: str | Path | None = None, progress: bool = True, method: str = "auto",
                      points_per_batch: int | None = None, meta: dict[str, Any] | None = None,
-                     adaptive: Any = None) -> Surface:
+                     adaptive: Any = None, task: Task | str | None = None) -> Surface:
     """`compute_surface(..., n_examples="auto")`: choose n on a pilot grid, then compute the surface with it.
     The surface's meta holds the chosen `n_examples`, the pilot's findings (`auto_*`) and the error achieved
     on the whole grid inside the clip disk (`auto_max_ln_loss_se`)."""
     choice = choose_n_examples(model, inputs, targets, directions, xs, ys, auto=auto, seed=seed, loss_fn=loss_fn,
-                               batch_size=batch_size, device=device, clip_radius=clip_radius, method=method,
+                               task=task, batch_size=batch_size, device=device, clip_radius=clip_radius, method=method,
                                points_per_batch=points_per_batch, progress=progress)
     surface = engine.compute_surface(model, inputs, targets, directions, xs, ys, n_examples=choice.n_examples,
-                                     seed=seed, loss_fn=loss_fn, batch_size=batch_size, device=device,
+                                     seed=seed, loss_fn=loss_fn, task=task, batch_size=batch_size, device=device,
                                      clip_radius=clip_radius, out=out, progress=progress, method=method,
                                      points_per_batch=points_per_batch, meta={**(meta or {}), **choice.meta()},
                                      adaptive=adaptive)

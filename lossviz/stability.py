@@ -178,9 +178,16 @@ class PathCurve:
                    np.asarray(surface.loss_se, dtype=np.float64), error, error_standard_error(error, n), n)
 
     def barrier(self) -> Barrier:
-        error_peak, loss_peak = int(np.argmax(self.error)), int(np.argmax(self.loss))
-        return Barrier(error=barrier_height(self.error), error_se=_peak_se(self.error_se, error_peak),
-                       error_alpha=float(self.alphas[error_peak]),
+        """The barriers; without an accuracy (a regression task: error NaN all along) the error barrier, its SE
+        and α are NaN, and such a path is never called stable."""
+        loss_peak = int(np.argmax(self.loss))
+        if np.isnan(self.error).all():
+            error = error_se = error_alpha = math.nan
+        else:
+            error_peak = int(np.argmax(self.error))
+            error, error_se = barrier_height(self.error), _peak_se(self.error_se, error_peak)
+            error_alpha = float(self.alphas[error_peak])
+        return Barrier(error=error, error_se=error_se, error_alpha=error_alpha,
                        loss=barrier_height(self.loss), loss_se=_peak_se(self.loss_se, loss_peak),
                        loss_alpha=float(self.alphas[loss_peak]))
 

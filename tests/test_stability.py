@@ -138,6 +138,7 @@ def test_convex_quadratic_has_zero_barrier_between_equally_good_ends_and_half_th
     assert symmetric.loss[0] == pytest.approx(symmetric.loss[-1], rel=1e-6)
     assert symmetric.barrier().loss == pytest.approx(0, abs=1e-6)
     assert symmetric.loss.argmin() == 4
+    assert np.isnan(symmetric.barrier().error) and not symmetric.barrier().stable()  # regression: no error
     lopsided = path(best + step, best - 3 * step)  # convex: the path never rises above the worse end
     assert lopsided.barrier().loss == pytest.approx(abs(lopsided.loss[0] - lopsided.loss[-1]) / 2, rel=1e-6)
     assert lopsided.barrier().loss_alpha == 1.0
