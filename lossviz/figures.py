@@ -39,8 +39,20 @@ COLORSCALE = "Viridis"  # perceptually uniform and readable by colour-blind view
 SURFACE_OPACITY = 0.7  # as LossPlot: the projected contours show through the surface
 DEFAULT_CAMERA = {"eye": {"x": 1.45, "y": 1.45, "z": 1.05}, "center": {"x": 0, "y": 0, "z": -0.1},
                   "up": {"x": 0, "y": 0, "z": 1}}
+# Side-by-side scenes are small: the camera stands back so the z axis' tick labels stay inside the scene.
+COMPARE_CAMERA = {**DEFAULT_CAMERA, "eye": {"x": 1.85, "y": 1.85, "z": 1.3}}
 HOVER_2D = ("α=%{x:.3f}<br>β=%{y:.3f}<br>loss=%{customdata[0]:.4g}<br>accuracy=%{customdata[1]:.2f}%"
             "<br>standard error=%{customdata[2]:.3g}<extra></extra>")
+HOVER_2D_NO_ACCURACY = HOVER_2D.replace("<br>accuracy=%{customdata[1]:.2f}%", "")
+
+
+def has_accuracy(surface: Surface) -> bool:
+    """False for a task without accuracy (regression): its accuracy is NaN everywhere, shown nowhere."""
+    return bool(np.isfinite(np.asarray(surface.acc, float)).any())
+
+
+def _hover_2d(surface: Surface) -> str:
+    return HOVER_2D if has_accuracy(surface) else HOVER_2D_NO_ACCURACY
 # Metadata keys that name a surface in a subplot title, in order, with how each value is shown.
 TITLE_KEYS = {
     "name": "{}", "method": "{}", "p_m": "P_m={}", "remaining": "remaining {:.3g}%",
@@ -112,6 +124,47 @@ def _point_data(surface: Surface) -> np.ndarray:
                      np.asarray(surface.loss_se, float)], axis=-1)
 
 
+
+# -- the clip disk drawn smooth ------------------------------------------------------------------------------
+def _bilinear(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """`values` (ny, nx, k) interpolated bilinearly at the points (alpha, beta) (each (m,)); NaN where a corner of
+    the grid cell holding the point is NaN. What the drawn surface shows between grid points, nothing more."""
+    ix = np.clip(np.searchsorted(xs, alpha, side="right") - 1, 0, len(xs) - 2)
+    iy = np.clip(np.searchsorted(ys, beta, side="right") - 1, 0, len(ys) - 2)
+    tx = np.clip((alpha - xs[ix]) / (xs[ix + 1] - xs[ix]), 0.0, 1.0)[:, None]
+    ty = np.clip((beta - ys[iy]) / (ys[iy + 1] - ys[iy]), 0.0, 1.0)[:, None]
+    return ((1 - ty) * ((1 - tx) * values[iy, ix] + tx * values[iy, ix + 1])
+            + ty * ((1 - tx) * values[iy + 1, ix] + tx * values[iy + 1, ix + 1]))
+
+
+def disk_mesh(surface: Surface, clip_radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The surface clipped to the disk of `clip_radius` around the trained model, drawn with a smooth rim:
+    (α, β, point data), each (ny, nx[, 3]). Grid points inside the disk stay as they are; a point outside
+    with a neighbour (of 8) inside moves along its ray from the centre onto the circle and takes the values
+    interpolated bilinearly from the grid there (NaN if that cell lacks a value); every other outside point
+    is NaN. The drawn cells then fill the disk up to an inscribed polygon and never leave it; the rim holds
+    only values the grid gives. The viewer script mirrors this (`diskMesh` in assets/viewer.js)."""
+    xs, ys = np.asarray(surface.xs, float), np.asarray(surface.ys, float)
+    alpha, beta = np.meshgrid(xs, ys)
+    data = _point_data(surface)
+    distance = np.hypot(alpha, beta)
+    inside = distance <= clip_radius
+    if inside.all() or len(xs) < 2 or len(ys) < 2:
+        return alpha, beta, np.where(inside[..., None], data, np.nan)
+    padded = np.pad(inside, 1)
+    near = np.zeros_like(inside)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            near |= padded[dy:dy + inside.shape[0], dx:dx + inside.shape[1]]
+    rim = near & ~inside
+    shown = np.where(inside[..., None], data, np.nan)
+    scale = clip_radius / distance[rim]
+    alpha, beta = alpha.copy(), beta.copy()
+    alpha[rim], beta[rim] = alpha[rim] * scale, beta[rim] * scale
+    shown[rim] = _bilinear(xs, ys, data, alpha[rim], beta[rim])
+    return alpha, beta, shown
+
+
 # -- adaptive surfaces: which points were evaluated ----------------------------------------------------------
 EVALUATED_POINTS = "evaluated points"  # the `meta` of the trace, by which the page script finds it
 
@@ -131,7 +184,7 @@ def evaluated_points_trace(surface: Surface, *, z_scale: str, clip_radius: float
         x=alpha[keep].tolist(), y=beta[keep].tolist(), z=np.where(np.isfinite(z), z, None).tolist(),
         customdata=_point_data(surface)[keep].tolist(), mode="markers", visible=False, showlegend=False,
         marker={"size": 2, "color": "#1d2230"}, name=EVALUATED_POINTS, meta=EVALUATED_POINTS, scene=scene,
-        hovertemplate=HOVER_2D.replace("<extra>", "<br>evaluated<extra>"))
+        hovertemplate=_hover_2d(surface).replace("<extra>", "<br>evaluated<extra>"))
 
 
 def _z_title(z_scale: str) -> str:
@@ -142,29 +195,50 @@ def _z_title(z_scale: str) -> str:
 def _surface_trace(surface: Surface, *, z_scale: str, clip_radius: float, contours: bool, opacity: float,
                    colorscale: str, scene: str, showscale: bool, name: str) -> go.Surface:
     # Plain lists, not numpy arrays: plotly.py would ship those base64-encoded, and the page script reads
-    # x, y and customdata to recompute z.
+    # them. x and y are 2-D (the clip disk's rim moved onto the circle, `disk_mesh`); customdata holds
+    # [loss, accuracy, standard error] per point as drawn (the rim's interpolated), and meta the grid and the
+    # rim points' own values, from which the page redraws for another radius.
+    alpha, beta, shown = disk_mesh(surface, clip_radius)
+    raw = _point_data(surface)
+    rim = (alpha != surface.coordinates()[0]) | (beta != surface.coordinates()[1])
+    hover = np.where(rim[..., None], shown, raw)
     trace = go.Surface(
-        x=np.asarray(surface.xs, float).tolist(), y=np.asarray(surface.ys, float).tolist(),
-        z=clipped_z(surface, z_scale, clip_radius).tolist(),
-        customdata=_point_data(surface).tolist(), hovertemplate=HOVER_2D, name=escape(name),
+        x=alpha.tolist(), y=beta.tolist(), z=_finite_or_none(z_values(shown[..., 0], z_scale)),
+        customdata=hover.tolist(), hovertemplate=_hover_2d(surface), name=escape(name),
         colorscale=colorscale, opacity=opacity, showscale=showscale, scene=scene,
-        colorbar={"title": {"text": _z_title(z_scale)}, "len": 0.6},
+        colorbar={"title": {"text": _z_title(z_scale)}, "len": 0.6, "tickformat": ".3~g"},
         contours={"z": {"show": contours, "usecolormap": True, "project": {"z": True},
                         "highlightcolor": "#ffffff"}},
         lighting={"ambient": 0.75, "diffuse": 0.6, "specular": 0.15},
+        meta={"grid_x": np.asarray(surface.xs, float).tolist(), "grid_y": np.asarray(surface.ys, float).tolist(),
+              "rim": [[int(iy), int(ix), *raw[iy, ix].tolist()] for iy, ix in zip(*np.nonzero(rim), strict=True)]},
     )
     if _is_adaptive(surface):  # the hover says which points were interpolated (a 4th customdata entry)
         labels = np.where(surface.interpolated, "interpolated", "evaluated")[..., None]
-        trace.update(customdata=np.concatenate([_point_data(surface).astype(object), labels], axis=-1).tolist(),
-                     hovertemplate=HOVER_2D.replace("<extra>", "<br>%{customdata[3]}<extra>"))
+        trace.update(customdata=np.concatenate([hover.astype(object), labels], axis=-1).tolist(),
+                     hovertemplate=_hover_2d(surface).replace("<extra>", "<br>%{customdata[3]}<extra>"))
     return trace
 
 
-def _scene_layout(z_scale: str) -> dict:
+def _finite_or_none(values: np.ndarray) -> list:
+    """Nested lists with None (JSON null: a gap plotly leaves undrawn) for NaN."""
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, None).tolist()
+
+
+def axes_aspect(xs: np.ndarray, ys: np.ndarray, z: float = 0.75) -> dict[str, float]:
+    """Axes drawn to scale: α and β in the same units, the larger span drawn as 1 (clamped to 1:10)."""
+    x_span, y_span = float(np.ptp(xs)), float(np.ptp(ys))
+    ratio = min(max(y_span / x_span, 0.1), 10.0) if x_span > 0 and y_span > 0 else 1.0
+    return {"x": min(1.0, 1 / ratio), "y": min(1.0, ratio), "z": z}
+
+
+def _scene_layout(z_scale: str, surface: Surface | None = None) -> dict:
+    aspect = axes_aspect(surface.xs, surface.ys) if surface is not None else {"x": 1, "y": 1, "z": 0.75}
     return {
         "xaxis": {"title": {"text": "α"}}, "yaxis": {"title": {"text": "β"}},
-        "zaxis": {"title": {"text": _z_title(z_scale)}},
-        "aspectmode": "manual", "aspectratio": {"x": 1, "y": 1, "z": 0.75},
+        "zaxis": {"title": {"text": _z_title(z_scale)}, "tickformat": ".3~g"},
+        "aspectmode": "manual", "aspectratio": aspect,
         "camera": DEFAULT_CAMERA,
     }
 
@@ -176,8 +250,11 @@ def _viewer_meta(kind: str, title: str, **settings: Any) -> dict:
 
 def surface_figure(surface: Surface, *, title: str | None = None, z_scale: str = "log",
                    clip_radius: float | None = None, contours: bool = True, opacity: float = SURFACE_OPACITY,
-                   colorscale: str = COLORSCALE, height: int = 720) -> go.Figure:
-    """A 3-D loss surface. `clip_radius` None clips at `default_clip_radius`; `math.inf` keeps every point."""
+                   colorscale: str = COLORSCALE, height: int = 720, metrics: Mapping[str, Any] | None = None,
+                   views: bool = True) -> go.Figure:
+    """A 3-D loss surface, axes to scale, the clip disk drawn smooth (`disk_mesh`). `clip_radius` None clips at
+    `default_clip_radius`; `math.inf` keeps every point. The page shows `metrics` (default `shape_metrics`)
+    and the surface's metadata below it, and with `views` Li et al.'s static views (`views_figure`)."""
     title = surface_title(surface) if title is None else title
     radius = default_clip_radius(surface) if clip_radius is None else clip_radius
     figure = go.Figure(_surface_trace(surface, z_scale=z_scale, clip_radius=radius, contours=contours,
@@ -185,11 +262,14 @@ def surface_figure(surface: Surface, *, title: str | None = None, z_scale: str =
                                       name=title))
     if _is_adaptive(surface):
         figure.add_trace(evaluated_points_trace(surface, z_scale=z_scale, clip_radius=radius, scene="scene"))
+    metrics = shape_metrics(surface) if metrics is None else dict(metrics)
     figure.update_layout(
-        title={"text": escape(title)}, height=height, scene=_scene_layout(z_scale),
+        title={"text": escape(title)}, height=height, scene=_scene_layout(z_scale, surface),
         margin={"l": 0, "r": 0, "t": 50, "b": 0},
         meta=_viewer_meta("surface", title, z_scale=z_scale, contours=contours, shared_z=False,
-                          clip_radius=min(radius, corner_radius(surface)), max_radius=corner_radius(surface)),
+                          clip_radius=min(radius, corner_radius(surface)), max_radius=corner_radius(surface),
+                          tables=page_tables([title], [surface], [metrics]),
+                          views=views_figure([surface], [title]).to_plotly_json() if views else None),
     )
     return figure
 
@@ -200,12 +280,15 @@ def _metric_text(value: Any) -> str:
     return str(value)
 
 
-def _table_rows(surfaces: Sequence[Surface], metrics: Sequence[Mapping[str, Any]]) -> list[tuple[str, list]]:
-    """(label, one value per surface) rows: grid, chosen metadata, the other scalar metadata, metrics."""
-    rows: list[tuple[str, list]] = [
+Row = tuple[str, list[str]]  # a table row: its label, then one cell per surface
+
+
+def configuration_rows(surfaces: Sequence[Surface]) -> list[Row]:
+    """How each surface was made: grid, ranges, the chosen metadata first, then the other scalar metadata."""
+    rows: list[Row] = [
         ("grid (ny × nx)", [" × ".join(map(str, s.shape)) for s in surfaces]),
         ("α range", [f"[{s.xs.min():.3g}, {s.xs.max():.3g}]" for s in surfaces]),
-        ("β range", [f"[{s.ys.min():.3g}, {s.ys.max():.3g}]" for s in surfaces]),
+        ("β range", [f"[{s.ys.min():.3g}, {s.ys.max():.3g}]" if s.ys is not None else "" for s in surfaces]),
     ]
     scalar = (str, int, float, bool, np.integer, np.floating)
     keys = {k for s in surfaces for k, v in s.meta.items() if isinstance(v, scalar) and k != "title"}
@@ -217,9 +300,21 @@ def _table_rows(surfaces: Sequence[Surface], metrics: Sequence[Mapping[str, Any]
         if key == "model_hash":
             values = [str(v)[:12] for v in values]
         rows.append((key, [_metric_text(v) for v in values]))
-    for key in dict.fromkeys(k for m in metrics for k in m):
-        rows.append((key, [_metric_text(m.get(key, "")) for m in metrics]))
     return rows
+
+
+def metric_rows(metrics: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """One row per metric key (in first-seen order), one cell per surface."""
+    keys = dict.fromkeys(key for mapping in metrics for key in mapping)
+    return [(key, [_metric_text(m.get(key, "")) for m in metrics]) for key in keys]
+
+
+def page_tables(titles: Sequence[str], surfaces: Sequence[Surface], metrics: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The tables a page shows under its figure, as plain data (`lossviz.pages` renders and escapes them):
+    the shape metrics open, the configuration folded away."""
+    columns = [str(t) for t in titles]
+    return [{"title": "shape metrics", "columns": columns, "rows": metric_rows(metrics), "open": True},
+            {"title": "configuration", "columns": columns, "rows": configuration_rows(surfaces), "open": False}]
 
 
 def shape_metrics(surface: Surface) -> dict[str, Any]:
@@ -228,15 +323,17 @@ def shape_metrics(surface: Surface) -> dict[str, Any]:
     return {key: computed[key] for key in TABLE_METRICS if key in computed}
 
 
-def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = None, *, shared_z: bool = False,
+def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = None, *, shared_z: bool = True,
                    z_scale: str = "log", clip_radius: float | None = None, contours: bool = True,
                    metrics: Sequence[Mapping[str, Any]] | None = None, columns: int | None = None,
                    opacity: float = SURFACE_OPACITY, colorscale: str = COLORSCALE,
-                   title: str = "Loss surfaces") -> go.Figure:
-    """Surfaces side by side (cameras kept in sync by the page) above a table of their metadata and shape
-    metrics. `shared_z` gives every scene the same z range and colour scale. `metrics`, one mapping per
-    surface, defaults to `shape_metrics`. One `clip_radius` applies to every surface (the page's slider moves
-    them together); None takes the largest of their default radii, LossPlot's clip for surfaces on one grid."""
+                   title: str = "Loss surfaces", views: bool = True) -> go.Figure:
+    """Surfaces side by side (cameras kept in sync by the page) above a table of their shape metrics; their
+    configuration (metadata) goes to the page, folded away. `shared_z` (default) gives every scene the same
+    z range and colour scale, with one colorbar; the page has a switch for independent scales. `metrics`, one
+    mapping per surface, defaults to `shape_metrics`. One `clip_radius` applies to every surface (the page's
+    slider moves them together); None takes the largest of their default radii, LossPlot's clip for surfaces
+    on one grid. With `views`, the page also shows Li et al.'s static views of every surface (`views_figure`)."""
     surfaces = list(surfaces)
     if not surfaces or not all(s.is_2d for s in surfaces):
         raise ValueError("compare_figure needs one or more 2-D surfaces")
@@ -250,14 +347,14 @@ def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = N
     specs = [[{"type": "scene"} if r * columns + c < len(surfaces) else None for c in range(columns)]
              for r in range(scene_rows)]
     specs.append([{"type": "table", "colspan": columns}] + [None] * (columns - 1))
-    rows = _table_rows(surfaces, metrics)
+    rows = metric_rows(metrics)
     # Heights in pixels, so the table shows every row without scrolling whatever the number of scenes.
-    scene_px, table_px, gap_px = 430, 70 + TABLE_ROW_PX * len(rows), 50
+    scene_px, table_px, gap_px = 430, 50 + TABLE_ROW_PX * (len(rows) + 1), 50
     height = scene_px * scene_rows + table_px + gap_px * scene_rows + 80
     figure = make_subplots(
         rows=scene_rows + 1, cols=columns, specs=specs, subplot_titles=[escape(t) for t in titles],
         row_heights=[scene_px] * scene_rows + [table_px], vertical_spacing=gap_px / height,
-        horizontal_spacing=0.01,
+        horizontal_spacing=0.02,
     )
     radius = max(default_clip_radius(s) for s in surfaces) if clip_radius is None else clip_radius
     max_radius = max(corner_radius(s) for s in surfaces)
@@ -270,23 +367,32 @@ def compare_figure(surfaces: Sequence[Surface], titles: Sequence[str] | None = N
         if _is_adaptive(surface):
             figure.add_trace(evaluated_points_trace(surface, z_scale=z_scale, clip_radius=radius, scene=scene),
                              row=i // columns + 1, col=i % columns + 1)
-        figure.layout[scene].update(_scene_layout(z_scale))
+        figure.layout[scene].update(_scene_layout(z_scale, surface), camera=COMPARE_CAMERA)
         # Small scenes: fewer, smaller z ticks, or the labels pile up on the axis seen edge-on.
-        figure.layout[scene].zaxis.update(nticks=4, tickfont={"size": 9})
+        figure.layout[scene].zaxis.update(nticks=5, tickfont={"size": 10})
     if shared_z:
         _share_z_range(figure)
+    # One colorbar for the shared scale, beside the scenes (in the right margin, so it hides no scene).
+    top, bottom = figure.layout.scene.domain.y[1], figure.layout[f"scene{len(surfaces)}" if len(surfaces) > 1
+                                                                 else "scene"].domain.y[0]
+    for trace in figure.data:
+        if trace.type == "surface":
+            trace.colorbar.update(x=1.0, xanchor="left", y=top, yanchor="top", len=top - bottom, lenmode="fraction",
+                                  thickness=14, tickfont={"size": 12})
     figure.add_trace(go.Table(
-        header={"values": ["", *[escape(t) for t in titles]], "align": "left", "fill": {"color": "#e8ecf4"},
-                "font": {"size": 12}},
+        header={"values": ["shape metric", *[escape(t) for t in titles]], "align": "left",
+                "fill": {"color": "#e8ecf4"}, "font": {"size": 12}},
         cells={"values": [[escape(label) for label, _ in rows],
                           *[[escape(values[i]) for _, values in rows] for i in range(len(surfaces))]],
                "align": "left", "font": {"size": 11}, "height": TABLE_ROW_PX},
     ), row=scene_rows + 1, col=1)
     figure.update_layout(
-        title={"text": escape(title)}, height=height, margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        title={"text": escape(title)}, height=height, margin={"l": 10, "r": 90, "t": 70, "b": 10},
         showlegend=False,
         meta=_viewer_meta("compare", title, z_scale=z_scale, contours=contours, shared_z=shared_z,
-                          clip_radius=min(radius, max_radius), max_radius=max_radius),
+                          clip_radius=min(radius, max_radius), max_radius=max_radius, default_camera=COMPARE_CAMERA,
+                          tables=page_tables(titles, surfaces, metrics)[1:],
+                          views=views_figure(surfaces, titles, columns=columns).to_plotly_json() if views else None),
     )
     return figure
 
@@ -304,6 +410,109 @@ def _share_z_range(figure: go.Figure) -> None:
         figure.layout[trace.scene].zaxis.range = [low, high]
 
 
+# -- Li et al.'s static views: contours with labelled levels and 1-D slices -----------------------------------
+VIEW_COLOURS = ("#1f4e9c", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#16a085", "#7f8c8d", "#b7950b")
+
+
+def _contour_trace(surface: Surface, *, style: str, z_scale: str, clip_radius: float, levels: int | dict,
+                   showscale: bool = True, full_hover: bool = True) -> go.Contour | go.Heatmap:
+    """One 2-D view from above (contour lines with labelled levels, filled contours or a heatmap). Without
+    `full_hover` the hover shows z only (no per-point data: a lighter page)."""
+    hover = {"customdata": _point_data(surface).tolist(), "hovertemplate": _hover_2d(surface)} if full_hover else {
+        "hovertemplate": f"α=%{{x:.3f}}<br>β=%{{y:.3f}}<br>{_z_title(z_scale)}=%{{z:.4g}}<extra></extra>"}
+    common = {"x": np.asarray(surface.xs, float).tolist(), "y": np.asarray(surface.ys, float).tolist(),
+              "z": _finite_or_none(clipped_z(surface, z_scale, clip_radius)), **hover, "colorscale": COLORSCALE,
+              "name": "loss", "showscale": showscale, "colorbar": {"title": {"text": _z_title(z_scale)}}}
+    if style == "heatmap":
+        return go.Heatmap(**common)
+    contours = {"coloring": "lines" if style == "contour" else "fill", "showlabels": style == "contour",
+                "labelfont": {"size": 10}}
+    spacing = {"ncontours": levels} if isinstance(levels, int) else {"autocontour": False}
+    if isinstance(levels, dict):
+        contours.update(levels)
+    return go.Contour(**common, **spacing, contours=contours,
+                      line={"width": 1.5 if style == "contour" else 0.5})
+
+
+def _centre_slices(surface: Surface) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The 1-D slices through the grid point nearest the trained model: along α (β ≈ 0) and along β (α ≈ 0),
+    each (coordinates, loss, accuracy)."""
+    iy, ix = int(np.abs(surface.ys).argmin()), int(np.abs(surface.xs).argmin())
+    loss, acc = np.asarray(surface.loss, float), np.asarray(surface.acc, float)
+    return {"α": (np.asarray(surface.xs, float), loss[iy], acc[iy]),
+            "β": (np.asarray(surface.ys, float), loss[:, ix], acc[:, ix])}
+
+
+def views_figure(surfaces: Sequence[Surface], titles: Sequence[str], *, z_scale: str = "log",
+                 columns: int | None = None, levels: int = 20) -> go.Figure:
+    """Li et al.'s static views of 2-D surfaces, unclipped as in their plots: for each surface a contour plot
+    of ln(loss) with labelled levels (one set of levels for all), a filled contour plot beside it when there is
+    one surface, and below, the 1-D slices through the trained model along α and along β: loss (solid, left
+    axis) and accuracy (dashed, right axis), one colour per surface."""
+    surfaces, titles = list(surfaces), [str(t) for t in titles]
+    single = len(surfaces) == 1
+    panels = [(s, t, "contour") for s, t in zip(surfaces, titles, strict=True)]
+    if single:
+        panels.append((surfaces[0], f"{titles[0]}: filled", "filled"))
+    columns = 2 if single else (columns or min(len(surfaces), 4))
+    contour_rows = math.ceil(len(panels) / columns)
+    specs = [[{} if r * columns + c < len(panels) else None for c in range(columns)] for r in range(contour_rows)]
+    specs.append([{"secondary_y": True, "colspan": max(columns // 2, 1)}] + [None] * (max(columns // 2, 1) - 1)
+                 + [{"secondary_y": True, "colspan": columns - max(columns // 2, 1)}]
+                 + [None] * (columns - max(columns // 2, 1) - 1) if columns > 1
+                 else [{"secondary_y": True}])
+    if columns == 1:
+        specs.append([{"secondary_y": True}])
+    slice_rows = 1 if columns > 1 else 2
+    titles_all = [escape(t) for _, t, _ in panels] + [""] * (contour_rows * columns - len(panels))
+    titles_all = [t for t, spec in zip(titles_all, [c for row in specs[:contour_rows] for c in row], strict=True)
+                  if spec is not None]
+    titles_all += ["1-D slice along α (β = 0)", "1-D slice along β (α = 0)"]
+    contour_px, slice_px = 380, 340
+    height = contour_px * contour_rows + slice_px * slice_rows + 140
+    figure = make_subplots(rows=contour_rows + slice_rows, cols=columns, specs=specs, subplot_titles=titles_all,
+                           row_heights=[contour_px] * contour_rows + [slice_px] * slice_rows,
+                           vertical_spacing=90 / height, horizontal_spacing=0.1)
+    finite = np.concatenate([clipped_z(s, z_scale, math.inf).ravel() for s in surfaces])
+    finite = finite[np.isfinite(finite)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    shared_levels = {"start": low, "end": high, "size": (high - low) / levels or 1.0}
+    for index, (surface, _, style) in enumerate(panels):
+        row, col = index // columns + 1, index % columns + 1
+        figure.add_trace(_contour_trace(surface, style=style, z_scale=z_scale, clip_radius=math.inf,
+                                        levels=shared_levels, showscale=False, full_hover=False), row=row, col=col)
+        axis = figure.get_subplot(row, col)
+        figure.update_yaxes(scaleanchor=axis.xaxis.plotly_name.replace("axis", ""), scaleratio=1,
+                            title_text="β", row=row, col=col)
+        figure.update_xaxes(title_text="α", constrain="domain", row=row, col=col)
+    slice_cells = [(contour_rows + 1, 1), (contour_rows + 1, max(columns // 2, 1) + 1)] if columns > 1 \
+        else [(contour_rows + 1, 1), (contour_rows + 2, 1)]
+    for index, (surface, name) in enumerate(zip(surfaces, titles, strict=True)):
+        colour = VIEW_COLOURS[index % len(VIEW_COLOURS)]
+        for (row, col), (axis_name, (coordinates, loss, acc)) in zip(slice_cells, _centre_slices(surface).items(),
+                                                                     strict=True):
+            figure.add_trace(go.Scatter(
+                x=coordinates.tolist(), y=_finite_or_none(loss), mode="lines", name=escape(name),
+                legendgroup=escape(name), showlegend=axis_name == "α", line={"color": colour},
+                hovertemplate=f"{axis_name}=%{{x:.3f}}<br>loss=%{{y:.4g}}<extra>{escape(name)}</extra>"),
+                row=row, col=col, secondary_y=False)
+            figure.update_xaxes(title_text=axis_name, row=row, col=col)
+            figure.update_yaxes(title_text="loss (solid)", secondary_y=False, row=row, col=col)
+            if has_accuracy(surface):
+                figure.add_trace(go.Scatter(
+                    x=coordinates.tolist(), y=_finite_or_none(acc), mode="lines", name=f"{escape(name)}: accuracy",
+                    legendgroup=escape(name), showlegend=False, line={"color": colour, "dash": "dash"},
+                    hovertemplate=f"{axis_name}=%{{x:.3f}}<br>accuracy=%{{y:.2f}}%<extra>{escape(name)}</extra>"),
+                    row=row, col=col, secondary_y=True)
+                figure.update_yaxes(title_text="accuracy % (dashed)", secondary_y=True, row=row, col=col)
+    figure.update_layout(
+        title={"text": "Static views (Li et al.): ln(loss) contours with labelled levels, 1-D slices"},
+        height=height, margin={"l": 50, "r": 50, "t": 80, "b": 40},
+        legend={"orientation": "h", "y": -0.04, "yanchor": "top"}, hovermode="closest",
+        meta=_viewer_meta("views", "static views"))
+    return figure
+
+
 # -- 1-D and 2-D ------------------------------------------------------------------------------------------
 def slice_figure(surface: Surface, *, title: str | None = None, log: bool = False) -> go.Figure:
     """A 1-D surface: loss (± standard error, log axis if `log`) and accuracy on twin y axes."""
@@ -315,13 +524,15 @@ def slice_figure(surface: Surface, *, title: str | None = None, log: bool = Fals
         x=surface.xs, y=surface.loss, name="loss", mode="lines+markers", line={"color": "#1f4e9c"},
         error_y={"type": "data", "array": surface.loss_se, "visible": True, "thickness": 1, "width": 0},
         hovertemplate="α=%{x:.3f}<br>loss=%{y:.4g}<extra></extra>"), secondary_y=False)
-    figure.add_trace(go.Scatter(
-        x=surface.xs, y=surface.acc, name="accuracy", mode="lines+markers",
-        line={"color": "#c0392b", "dash": "dash"},
-        hovertemplate="α=%{x:.3f}<br>accuracy=%{y:.2f}%<extra></extra>"), secondary_y=True)
+    if has_accuracy(surface):
+        figure.add_trace(go.Scatter(
+            x=surface.xs, y=surface.acc, name="accuracy", mode="lines+markers",
+            line={"color": "#c0392b", "dash": "dash"},
+            hovertemplate="α=%{x:.3f}<br>accuracy=%{y:.2f}%<extra></extra>"), secondary_y=True)
     figure.update_xaxes(title_text="α")
     figure.update_yaxes(title_text="loss", type="log" if log else "linear", secondary_y=False)
-    figure.update_yaxes(title_text="accuracy (%)", secondary_y=True)
+    if has_accuracy(surface):
+        figure.update_yaxes(title_text="accuracy (%)", secondary_y=True)
     figure.update_layout(title={"text": escape(title)}, height=520, hovermode="x unified",
                          meta=_viewer_meta("slice", title))
     return figure
@@ -339,17 +550,8 @@ def contour_figure(surface: Surface, *, title: str | None = None, style: str = "
     if style not in CONTOUR_STYLES:
         raise ValueError(f"style must be one of {CONTOUR_STYLES}, got {style!r}")
     title = surface_title(surface) if title is None else title
-    z = clipped_z(surface, z_scale, math.inf if clip_radius is None else clip_radius)
-    common = {"x": surface.xs, "y": surface.ys, "z": z, "customdata": _point_data(surface),
-              "hovertemplate": HOVER_2D, "colorscale": COLORSCALE, "name": "loss",
-              "colorbar": {"title": {"text": _z_title(z_scale)}}}
-    if style == "heatmap":
-        figure = go.Figure(go.Heatmap(**common))
-    else:
-        figure = go.Figure(go.Contour(**common, ncontours=levels,
-                                      contours={"coloring": "lines" if style == "contour" else "fill",
-                                                "showlabels": style == "contour"},
-                                      line={"width": 1.5 if style == "contour" else 0.5}))
+    figure = go.Figure(_contour_trace(surface, style=style, z_scale=z_scale, levels=levels,
+                                      clip_radius=math.inf if clip_radius is None else clip_radius))
     if trajectory is not None:
         path = np.asarray(trajectory, dtype=float)
         if path.ndim != 2 or path.shape[1] != 2:
@@ -446,41 +648,68 @@ def lottery_figure(results: Mapping[str, Sequence[Any]], *, title: str = "Lotter
 
 
 # -- the sample-size study ------------------------------------------------------------------------------
+def _log_ticks(values: Sequence[Any], suffix: str = "") -> dict:
+    """Readable ticks for a log axis over `values`: 1, 2, 5 × powers of ten (plotly's own log ticks over a
+    short range read "2, 8, 3, 1, 6")."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
+    if not finite:
+        return {}
+    low, high = min(finite), max(finite)
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    ticks = [t for t in ticks if low / 2.5 <= t <= high * 2.5]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}{suffix}" for t in ticks]}
+
+
 def sample_size_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Fidelity and speed-up vs number of "
                        "examples", tolerance: float | None = None) -> go.Figure:
-    """Top: Pearson correlation of ln(loss) with the largest-n surface, and the speed-up (log axis, right).
-    Bottom: RMSE of ln(loss) against it, and the mean and worst per-point standard error of ln(loss), with the
+    """Top: Pearson correlation of ln(loss) with the largest-n surface, and the speed-ups (log axis, right).
+    Bottom: RMSE of ln(loss) against it (not drawn at the reference n itself, where it is 0 by definition and
+    a log axis has no place for it), and the mean and worst per-point standard error of ln(loss), with the
     adaptive tolerance as a line when given. x: the number of examples, log scale."""
     ns = [row["n"] for row in rows]
+    reference = max(ns) if ns else None
 
-    def series(key: str) -> list[float | None]:
-        return [row.get(key) for row in rows]
+    def series(key: str, *, skip_reference: bool = False) -> list[float | None]:
+        return [None if skip_reference and row["n"] == reference else row.get(key) for row in rows]
 
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                            specs=[[{"secondary_y": True}], [{"secondary_y": False}]],
                            subplot_titles=("shape fidelity and cost", "errors in ln(loss)"))
-    line = {"mode": "lines+markers", "marker": {"size": 7}}
-    figure.add_trace(go.Scatter(x=ns, y=series("pearson_ln_loss"), name="Pearson r of ln(loss)", **line),
-                     row=1, col=1, secondary_y=False)
-    figure.add_trace(go.Scatter(x=ns, y=series("speedup"), name="speed-up (× vs largest n)",
-                                line={"dash": "dot"}, **line), row=1, col=1, secondary_y=True)
-    for key, name in (("cpu_speedup", "speed-up in CPU time"), ("point_speedup", "speed-up per point (best round)")):
-        if any(row.get(key) is not None for row in rows):
-            figure.add_trace(go.Scatter(x=ns, y=series(key), name=name, line={"dash": "dashdot"}, **line),
+
+    def line(colour: str, dash: str = "solid", symbol: str = "circle") -> dict:
+        return {"mode": "lines+markers", "line": {"color": colour, "dash": dash, "width": 2},
+                "marker": {"size": 8, "symbol": symbol, "color": colour}}
+
+    figure.add_trace(go.Scatter(x=ns, y=series("pearson_ln_loss"), name="Pearson r of ln(loss)",
+                                **line("#1f4e9c")), row=1, col=1, secondary_y=False)
+    speedups = [("speedup", "speed-up (× vs largest n)", "#c0392b", "dot", "square"),
+                ("cpu_speedup", "speed-up in CPU time", "#2e8b57", "dash", "diamond"),
+                ("point_speedup", "speed-up per point (best round)", "#8e44ad", "dashdot", "triangle-up")]
+    drawn = []
+    for key, name, colour, dash, symbol in speedups:
+        if any(row.get(key) is not None for row in rows):  # none without timings (the versioned page)
+            drawn += series(key)
+            figure.add_trace(go.Scatter(x=ns, y=series(key), name=name, **line(colour, dash, symbol)),
                              row=1, col=1, secondary_y=True)
-    figure.add_trace(go.Scatter(x=ns, y=series("rmse_ln_loss"), name="RMSE of ln(loss)", **line), row=2, col=1)
-    figure.add_trace(go.Scatter(x=ns, y=series("mean_ln_loss_se"), name="mean SE of ln(loss)", **line),
-                     row=2, col=1)
+    figure.add_trace(go.Scatter(x=ns, y=series("rmse_ln_loss", skip_reference=True), name="RMSE of ln(loss)",
+                                **line("#d35400")), row=2, col=1)
+    figure.add_trace(go.Scatter(x=ns, y=series("mean_ln_loss_se"), name="mean SE of ln(loss)",
+                                **line("#16a085", "dash", "diamond")), row=2, col=1)
     figure.add_trace(go.Scatter(x=ns, y=series("max_ln_loss_se"), name="worst SE of ln(loss) in the disk",
-                                **line), row=2, col=1)
+                                **line("#7f8c8d", "dot", "square")), row=2, col=1)
     if tolerance is not None:
         figure.add_hline(y=tolerance, line_dash="dash", line_color="grey", row=2, col=1,
                          annotation_text=f"auto tolerance {tolerance:g}")
-    figure.update_xaxes(type="log", title_text="number of evaluation examples n", row=2, col=1)
-    figure.update_xaxes(type="log", row=1, col=1)
+    figure.update_xaxes(type="log", title_text="number of evaluation examples n", row=2, col=1, **_log_ticks(ns))
+    figure.update_xaxes(type="log", row=1, col=1, **_log_ticks(ns))
     figure.update_yaxes(title_text="Pearson r", row=1, col=1, secondary_y=False)
-    figure.update_yaxes(title_text="speed-up", type="log", row=1, col=1, secondary_y=True)
-    figure.update_yaxes(title_text="ln(loss) units", type="log", row=2, col=1)
+    if drawn:
+        figure.update_yaxes(title_text="speed-up", type="log", row=1, col=1, secondary_y=True,
+                            **_log_ticks(drawn, "×"))
+    errors = series("rmse_ln_loss", skip_reference=True) + series("mean_ln_loss_se") + series("max_ln_loss_se")
+    figure.update_yaxes(title_text="ln(loss) units", type="log", row=2, col=1,
+                        **_log_ticks(errors + ([tolerance] if tolerance else [])))
     figure.update_layout(title={"text": title}, height=760, hovermode="x unified",
                          meta={"lossviz": {"kind": "sample_size", "title": title}})
     return figure
@@ -615,13 +844,6 @@ def _marker_trace(points: Mapping[str, tuple[float, float, float]], z_scale: str
         hovertemplate="%{text}<br>x=%{x:.3f}<br>y=%{y:.3f}<br>loss=%{customdata[0]:.4g}<extra></extra>")
 
 
-def _plane_aspect(surface: Surface) -> dict[str, float]:
-    """Axes drawn to scale: on a plane, distances mean the same along x and y (the larger span drawn as 1)."""
-    x_span, y_span = float(np.ptp(surface.xs)), float(np.ptp(surface.ys))
-    ratio = min(max(y_span / x_span, 0.1), 10.0) if x_span > 0 and y_span > 0 else 1.0
-    return {"x": min(1.0, 1 / ratio), "y": min(1.0, ratio), "z": 0.75}
-
-
 def plane_figure(surface: Surface, points: Mapping[str, tuple[float, float, float]], *, title: str | None = None,
                  z_scale: str = "log") -> go.Figure:
     """The loss surface over a plane through three checkpoints (`lossviz.stability.plane_surface`), unclipped and
@@ -629,7 +851,7 @@ def plane_figure(surface: Surface, points: Mapping[str, tuple[float, float, floa
     coordinates. The markers sit at the z of `z_scale`; the page's ln/linear switch redraws the surface only."""
     figure = surface_figure(surface, title=title, z_scale=z_scale, clip_radius=math.inf)
     figure.add_trace(_marker_trace(points, z_scale, "scene"))
-    figure.layout.scene.update(aspectratio=_plane_aspect(surface), xaxis_title_text="x (along û)",
+    figure.layout.scene.update(aspectratio=axes_aspect(surface.xs, surface.ys), xaxis_title_text="x (along û)",
                                yaxis_title_text="y (along v̂)")
     figure.update_layout(showlegend=False)
     return figure
@@ -648,7 +870,7 @@ def planes_figure(planes: Sequence[tuple[Surface, Mapping[str, tuple[float, floa
     for index, (surface, points) in enumerate(planes):
         scene = "scene" if index == 0 else f"scene{index + 1}"
         figure.add_trace(_marker_trace(points, z_scale, scene))
-        figure.layout[scene].update(aspectratio=_plane_aspect(surface), xaxis_title_text="x (along û)",
+        figure.layout[scene].update(aspectratio=axes_aspect(surface.xs, surface.ys), xaxis_title_text="x (along û)",
                                     yaxis_title_text="y (along v̂)")
     return figure
 

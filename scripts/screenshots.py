@@ -1,10 +1,13 @@
-"""Render the README screenshots (docs/surface.png, docs/compare.png) from viewer pages in headless Chromium.
+"""Render the README screenshots (docs/surface.png, docs/compare.png, docs/index.png) from viewer pages in
+headless Chromium.
 
     .venv/bin/python scripts/screenshots.py [--out docs] [--mlflow-store mlruns/mlflow.db]
 
 The surfaces are synthetic (tests/helpers_browser.bowl_surface), so the pictures need no trained model
 and come out the same on every run: one surface page, and a comparison of winning and random tickets at
-four sparsities whose minima sharpen and roughen as pruning goes on. With `--mlflow-store` (the store a
+four sparsities whose minima sharpen and roughen as pruning goes on; docs/index.png is a report index
+(thumbnails, the claims with verdicts, the training state and its warning) over those pages, from made-up
+metrics of the shape the stages write. With `--mlflow-store` (the store a
 `dvc repro` wrote), also docs/mlflow.png: the MLflow UI comparing the batch sweep's trial runs.
 """
 
@@ -21,11 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the CDP helper the browser tests use
+sys.path.insert(0, str(ROOT))  # pipelines.report: the claims and verdicts of the index
 
 from helpers_browser import Browser, bowl_surface  # noqa: E402
 from helpers_servers import api, mlflow_server  # noqa: E402
 
-from lossviz import figures  # noqa: E402
+from lossviz import figures, pages  # noqa: E402
+from pipelines import report  # noqa: E402
 
 READY = "document.getElementById('plot') && document.getElementById('plot').dataset.ready === '1'"
 
@@ -45,11 +50,32 @@ def comparison_surfaces() -> tuple[list, list[str]]:
     return [surfaces[i] for i in order], [titles[i] for i in order]
 
 
-def shoot(browser: Browser, page_path: Path, png_path: Path, width: int, height: int) -> None:
+def example_index(folder: Path, surface, surfaces: list, titles: list[str]) -> Path:
+    """A report folder like a run's (pages sharing plotly.js) and its index, from made-up metrics."""
+    pages.write_report_page(figures.surface_figure(surface, title="IMP ticket, 26.2% weights"),
+                            folder / "lottery_landscapes" / "surface.html")
+    pages.write_report_page(figures.compare_figure(surfaces, titles, title="Winning (IMP) vs random tickets"),
+                            folder / "lottery_landscapes" / "compare.html")
+    rows = [{"n": n, "pearson_ln_loss": r, "rmse_ln_loss": 0.0 if n == 1000 else e, "speedup": 1000 / n * 0.8,
+             "mean_ln_loss_se": e / 2, "max_ln_loss_se": e} for n, r, e in
+            ((10, 0.91, 0.3), (50, 0.97, 0.12), (250, 0.995, 0.05), (1000, 1.0, 0.02))]
+    pages.write_report_page(figures.sample_size_figure(rows, tolerance=0.05), folder / "sample_size" / "fidelity.html")
+    per = {str(b): {"batch_size": b, "test_acc": t, "train_acc": a, "train_loss": loss}
+           for b, t, a, loss in ((32, 0.885, 0.97, 0.09), (256, 0.89, 0.95, 0.14), (4000, 0.47, 0.49, 1.41))}
+    correlations = {"flatness": {"test_error": {"spearman": 0.5, "p_value": 0.67}}}
+    claims = (report.sample_size_claims({"by_n": {str(row["n"]): {**row, "argmin_distance": 0.0} for row in rows}})
+              + report.batch_claims({"per_batch_size": per, "correlations": correlations}))
+    tables, warnings = report.training_state_of(per)
+    return pages.write_gallery(folder, folder / "index.html", title="lossviz: the seed paper's claims, measured",
+                               summary=claims, tables=tables, warnings=warnings, with_thumbnails=True)
+
+
+def shoot(browser: Browser, page_path: Path, png_path: Path, width: int, height: int,
+          ready: str | None = READY) -> None:
     page = browser.new_page()
     try:
         page.resize(width, height)
-        page.goto(page_path.as_uri(), ready=READY, timeout=120)
+        page.goto(page_path.as_uri(), ready=ready, timeout=120)
         time.sleep(1.0)  # let WebGL finish its last frame
         if page.errors:
             raise RuntimeError(f"{page_path.name}: console errors {page.errors}")
@@ -116,16 +142,17 @@ def main() -> int:
     surface = bowl_surface(81, seed=3, sharpness=1.2, roughness=0.45, method="IMP", remaining=26.2,
                            test_acc=90.2, model="lenet5")
     surfaces, titles = comparison_surfaces()
-    with tempfile.TemporaryDirectory() as folder, Browser() as browser:
-        pages = Path(folder)
+    with tempfile.TemporaryDirectory() as temporary, Browser() as browser:
+        folder = Path(temporary)
         pages.write_html(figures.surface_figure(surface, title="LeNet-5 on Fashion-MNIST, IMP ticket "
                                                              "(26.2% weights): ln(loss)"),
-                         pages / "surface.html")
-        pages.write_html(figures.compare_figure(surfaces, titles, shared_z=True,
-                                              title="Winning (IMP) vs random tickets"),
-                         pages / "compare.html")
-        shoot(browser, pages / "surface.html", args.out / "surface.png", 1200, 860)
-        shoot(browser, pages / "compare.html", args.out / "compare.png", 1600, 1640)
+                         folder / "surface.html")
+        pages.write_html(figures.compare_figure(surfaces, titles, title="Winning (IMP) vs random tickets"),
+                         folder / "compare.html")
+        index = example_index(folder / "reports", surface, surfaces, titles)
+        shoot(browser, folder / "surface.html", args.out / "surface.png", 1200, 860)
+        shoot(browser, folder / "compare.html", args.out / "compare.png", 1600, 1400)
+        shoot(browser, index, args.out / "index.png", 1400, 1300, ready=None)
         if args.mlflow_store is not None:
             shoot_mlflow(browser, args.mlflow_store, args.out / "mlflow.png")
     return 0

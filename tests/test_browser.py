@@ -14,7 +14,7 @@ import pytest
 from helpers_browser import CHROMIUM_MISSING, Browser, CdpError, bowl_surface, network_urls, png_pixels
 
 from lossviz import figures
-from lossviz.pages import write_gallery, write_html
+from lossviz.pages import PLOTLY_JS, write_gallery, write_html, write_report_page
 from lossviz.surface import Surface
 
 XSS = "<script>window.__pwned = true</script>"
@@ -40,6 +40,7 @@ def pages(tmp_path_factory):
     compared = [bowl_surface(15, seed=i, method="IMP", p_m=20, test_acc=90.0 - i) for i in range(8)]
     drawn = {
         "surface": figures.surface_figure(bowl_surface(31, model=XSS), title=XSS),
+        "non_square": figures.surface_figure(non_square_surface(), title="non-square", clip_radius=1.0),
         "compare": figures.compare_figure(compared, [XSS] + [f"ticket {i}" for i in range(1, 8)], title=XSS),
         "slice": figures.slice_figure(one_d, log=True),
         "contour": figures.contour_figure(bowl_surface(31), style="filled", title=XSS,
@@ -48,8 +49,20 @@ def pages(tmp_path_factory):
                                                   "random": ([1.0, 0.8, 0.64], [90, 88, 85])}, title=XSS),
     }
     paths = {kind: write_html(figure, folder / f"{kind}.html") for kind, figure in drawn.items()}
-    paths["gallery"] = write_gallery(folder)
+    # A run's report folder: plotly.js once beside the pages, a link back to the index.
+    paths["shared"] = write_report_page(figures.compare_figure(compared[:2], ["a", "b"], title=XSS),
+                                        folder / "report" / "shared.html")
+    paths["gallery"] = write_gallery(folder, summary=[("claim", "paper", "here", "partly", XSS)],
+                                     warnings=[f"not comparable: {XSS}"])
     return paths
+
+
+def non_square_surface() -> Surface:
+    """α over [-1.5, 1.5] (13 points), β over [-0.5, 0.5] (5 points): a grid three times wider than tall."""
+    xs, ys = np.linspace(-1.5, 1.5, 13), np.linspace(-0.5, 0.5, 5)
+    a, b = np.meshgrid(xs, ys)
+    return Surface(xs=xs, ys=ys, loss=0.2 + a**2 + 3 * b**2, acc=90 - 10 * a**2, loss_se=0.01 + 0 * a,
+                   example_indices=np.arange(3), meta={"model": "tiny"})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +86,7 @@ def _kept(z) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
 
 
-@pytest.mark.parametrize("kind", ["surface", "compare", "slice", "contour", "curves", "gallery"])
+@pytest.mark.parametrize("kind", ["surface", "compare", "slice", "contour", "curves", "shared", "gallery"])
 def test_page_loads_offline_without_errors_or_script_injection(browser, pages, kind):
     page = browser.new_page()
     try:
@@ -150,7 +163,7 @@ def test_clip_slider_hides_points_and_a_shows_them_all(surface_page):
     trace = surface_page.evaluate("(() => { const t = document.getElementById('plot').data[0];"
                                   " return {x: t.x, y: t.y, z: t.z}; })()")
     z = _kept(trace["z"])
-    alpha, beta = np.meshgrid(trace["x"], trace["y"])
+    alpha, beta = _kept(trace["x"]), _kept(trace["y"])
     assert 0 < np.isfinite(z).sum() < before
     assert np.all(np.hypot(alpha, beta)[np.isfinite(z)] <= float(radius) + 1e-9)
     surface_page.press("a")
@@ -210,5 +223,105 @@ def test_page_renders_inside_a_sandboxed_iframe_like_mlflow(browser, pages, tmp_
             page.evaluate("new Promise(r => setTimeout(r, 200))")
         assert variance > 20, "nothing drawn inside the sandboxed iframe"
         assert page.errors == [] and network_urls(page.requests) == []
+    finally:
+        page.close()
+
+
+# -- comparison pages: one z scale, one colorbar, a switch for independent scales ------------------------------
+RANGES = ("(() => { const p = document.getElementById('plot'), l = p._fullLayout;"
+          " return Object.keys(l).filter(k => /^scene\\d*$/.test(k)).sort()"
+          ".map(k => l[k].zaxis.range.map(v => Math.round(v * 1e9) / 1e9)); })()")
+COLOUR_RANGES = ("document.getElementById('plot').data.filter(t => t.type === 'surface')"
+                 ".map(t => [t.cmin, t.cmax, t.showscale])")
+
+
+def test_comparison_shares_one_z_scale_with_one_readable_colorbar_and_a_switch(compare_page):
+    assert compare_page.evaluate("document.getElementById('plot').dataset.sharedZ") == "1"
+    ranges = compare_page.evaluate(RANGES)
+    assert len(ranges) == 8 and all(r == ranges[0] for r in ranges)
+    colours = compare_page.evaluate(COLOUR_RANGES)
+    assert len({(low, high) for low, high, _ in colours}) == 1 and [on for *_, on in colours].count(True) == 1
+    # The colorbar is drawn, inside the page, its tick labels whole and not overlapping.
+    boxes = compare_page.evaluate(
+        "[...document.querySelectorAll('.colorbar .cbaxis text, .colorbar text.ytick')]"
+        ".map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, e.textContent]; })")
+    assert len(document_colorbars(compare_page)) == 1
+    assert len(boxes) >= 3, boxes
+    width = compare_page.evaluate("document.documentElement.clientWidth")
+    assert all(0 <= left and right <= width for left, _, right, _, _ in boxes), boxes
+    tops = sorted((top, bottom) for _, top, _, bottom, _ in boxes)
+    assert all(b[0] >= a[1] - 1 for a, b in zip(tops, tops[1:], strict=False)), "tick labels overlap"
+    compare_page.press("z")  # independent scales: each scene its own range, no colorbar
+    compare_page.wait_for("document.getElementById('plot').dataset.sharedZ === '0'")
+    assert len({tuple(r) for r in compare_page.evaluate(RANGES)}) > 1
+    assert not any(on for *_, on in compare_page.evaluate(COLOUR_RANGES))
+    assert document_colorbars(compare_page) == []
+    compare_page.evaluate("document.getElementById('shared-z').click()")
+    compare_page.wait_for("document.getElementById('plot').dataset.sharedZ === '1'")
+    assert compare_page.evaluate(RANGES) == ranges
+    # Shape metrics come first (in the figure), the configuration folded away, and the static views drawn.
+    assert compare_page.evaluate("document.querySelector('details summary').textContent") == "configuration"
+    assert compare_page.evaluate("document.querySelector('details').open") is False
+    compare_page.evaluate("document.getElementById('views').scrollIntoView()")  # drawn when it comes near
+    compare_page.wait_for("document.getElementById('views').dataset.ready === '1'", timeout=60)
+    assert compare_page.evaluate("document.getElementById('views').data.filter(t => t.type === 'contour').length") == 8
+    assert compare_page.evaluate("document.querySelectorAll('#views .contourlabels text').length") > 8
+    compare_page.evaluate("window.scrollTo(0, 0)")
+
+
+def document_colorbars(page) -> list:
+    return page.evaluate("[...document.querySelectorAll('#plot .colorbar')].map(e => e.getBoundingClientRect().width)")
+
+
+def test_non_square_grid_is_drawn_to_scale(browser, pages):
+    page = browser.new_page()
+    try:
+        page.goto(pages["non_square"].as_uri(), ready=READY)
+        ratio = page.evaluate("document.getElementById('plot')._fullLayout.scene.aspectratio")
+        assert ratio["x"] == pytest.approx(1.0) and ratio["y"] == pytest.approx(1 / 3)
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def test_the_rim_is_smooth_in_the_browser_and_mirrors_python(browser, pages):
+    """At the page's radius and after the slider moves: every drawn vertex lies in the disk, every grid point
+    inside it is drawn where it is, the rest of the rim lies on the circle, as lossviz.figures.disk_mesh says."""
+    page = browser.new_page()
+    try:
+        page.goto(pages["non_square"].as_uri(), ready=READY)
+        surface = non_square_surface()
+        for radius in (1.0, 0.7):
+            page.evaluate("(() => { const s = document.getElementById('clip-radius');"
+                          f" s.value = {radius}; s.dispatchEvent(new Event('input')); }})()")
+            page.wait_for(f"Math.abs(Number(document.getElementById('plot').dataset.clipRadius) - {radius}) < 1e-2")
+            shown = float(page.evaluate("document.getElementById('plot').dataset.clipRadius"))
+            trace = page.evaluate("(() => { const t = document.getElementById('plot').data[0];"
+                                  " return {x: t.x, y: t.y, z: t.z}; })()")
+            x, y, z = (_kept(trace[key]) for key in ("x", "y", "z"))
+            alpha, beta = surface.coordinates()
+            inside = np.hypot(alpha, beta) <= shown
+            drawn = np.isfinite(z)
+            assert drawn[inside].all() and np.array_equal(x[inside], alpha[inside])
+            assert (np.hypot(x, y)[drawn] <= shown + 1e-9).all(), "a vertex outside the disk"
+            np.testing.assert_allclose(np.hypot(x, y)[drawn & ~inside], shown)
+            want_x, want_y, want = figures.disk_mesh(surface, shown)
+            np.testing.assert_array_equal(drawn, np.isfinite(want[..., 0]))
+            np.testing.assert_allclose(x, want_x, atol=1e-12)
+            np.testing.assert_allclose(z[drawn], np.log(want[..., 0][drawn]), rtol=1e-9)
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def test_report_page_shares_plotly_js_and_links_back(browser, pages):
+    shared = pages["shared"]
+    assert (shared.parent / PLOTLY_JS).is_file()
+    assert shared.stat().st_size < 1_000_000 < (shared.parent / PLOTLY_JS).stat().st_size
+    page = browser.new_page()
+    try:
+        page.goto(shared.as_uri(), ready=READY)
+        assert page.evaluate("document.getElementById('back').getAttribute('href')") == "../index.html"
+        assert any(url.endswith("/" + PLOTLY_JS) for url in page.requests) and network_urls(page.requests) == []
     finally:
         page.close()
