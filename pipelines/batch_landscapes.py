@@ -40,7 +40,7 @@ from lossviz.directions import random_directions
 from lossviz.engine import compute_surface
 from lossviz.figures import compare_figure, surface_figure, verdict_figure
 from lossviz.models import build_model
-from lossviz.pages import write_gallery, write_html
+from lossviz.pages import self_contained_copies, write_gallery, write_report_page
 from lossviz.params import BatchLandscapesParams, Params
 from lossviz.runtime import resolve_device, seed_everything
 from lossviz.shape import surface_metrics
@@ -53,12 +53,13 @@ from pipelines.sweep.layout import REPORT_DIR as SWEEP_REPORT_DIR
 from pipelines.sweep.pages import load_finished_study, write_sweep_pages
 from pipelines.sweep.settings import SweepError
 from pipelines.sweep.storage import storage_url
-from pipelines.tracking import ensure_store, stage_run
+from pipelines.tracking import ensure_store, log_inputs, split_inputs, stage_run
 
 STAGE = "batch_landscapes"
 SURFACE_DIR = Path("surfaces/batch_landscapes")
 REPORT_DIR = Path("reports/batch_landscapes")
-METRICS_PATH = Path("metrics/batch_sweep.json")
+METRICS_PATH = Path("metrics/batch_sweep.json")  # headline numbers (`dvc metrics show`)
+RESULTS_PATH = Path("results/batch_sweep.json")  # the verdict in full: every row, every correlation
 PLOT_PATH = Path("metrics/batch_sweep.csv")  # accuracy, gaps and sharpness vs batch size
 PLOT_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", "depth", "flatness",
                 "centre_curvature", "convex_fraction", "hessian_top_eigenvalue", "hessian_trace")
@@ -136,8 +137,7 @@ def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params
            "test_error": 1 - trial["final_test_acc"], "test_loss": trial["final_test_loss"],
            "train_acc": trial.get("final_train_acc", nan), "train_loss": trial.get("final_train_loss", nan),
            "val_acc": trial["final_val_acc"], **gap, **sharpness_measures(shape, hessian),
-           "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"],
-           "mlflow_run_id": trial.get("mlflow_run_id")}
+           "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"]}
     return surface, row
 
 
@@ -159,17 +159,17 @@ def measure_trials(trials: list[dict[str, Any]], summary: dict[str, Any], params
 def write_pages(report: Path, summary: dict[str, Any], trials: list[dict[str, Any]], surfaces: list[Surface],
                 rows: list[dict[str, Any]], table: dict[str, Any]) -> tuple[dict[int, Path], list[Path]]:
     """One page per surface (by batch size), compare.html and verdict.html (returned second), index.html."""
-    pages = {row["batch_size"]: write_html(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
+    pages = {row["batch_size"]: write_report_page(surface_figure(surface), report / f"bs_{row['batch_size']:05d}.html")
              for surface, row in zip(surfaces, rows, strict=True)}
     table_metrics = [{key: row[key] for key in ("train_acc", "gap_acc", "gap_loss", *MEASURES)}
                      for row in rows]
-    compare = write_html(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
+    compare = write_report_page(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
                                         columns=min(len(surfaces), 5),
                                         title=f"Loss surfaces by batch size ({summary['model']}, "
                                               f"{summary['dataset']})"),
                          report / "compare.html")
     directions = {name: way for name, (_, way) in MEASURES.items()}
-    verdict = write_html(verdict_figure(rows, ROW_COLUMNS, table, directions, list(TARGETS),
+    verdict = write_report_page(verdict_figure(rows, ROW_COLUMNS, table, directions, list(TARGETS),
                                         title=f"Sharpness vs generalization across batch sizes ({summary['study']})"),
                          report / "verdict.html")
     write_gallery(report, title="Batch-size landscapes")
@@ -182,7 +182,7 @@ VERDICT_COUNTS = ("n_models", "n_tests", "smallest_attainable_p", "significant",
 
 def verdict_metrics(summary: dict[str, Any], section: BatchLandscapesParams, rows: list[dict[str, Any]],
                     result: dict[str, Any]) -> dict[str, Any]:
-    """metrics/batch_sweep.json: every row, the correlations, the verdict's sentence and counts, and what was
+    """results/batch_sweep.json: every row, the correlations, the verdict's sentence and counts, and what was
     measured how."""
     best = max(rows, key=lambda row: row["test_acc"])
     return {"study": summary["study"], "model": summary["model"], "dataset": summary["dataset"],
@@ -193,6 +193,20 @@ def verdict_metrics(summary: dict[str, Any], section: BatchLandscapesParams, row
             "targets": TARGETS,
             "surface": {"grid_points": section.grid_points, "extent": section.extent,
                         "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
+
+
+HEADLINE_MEASURES = ("depth", "flatness", "hessian_top_eigenvalue", "hessian_trace")  # the rest: results/
+
+
+def headline(full: dict[str, Any]) -> dict[str, Any]:
+    """metrics/batch_sweep.json, what `dvc exp show` compares: the best batch size, the main measures' Spearman
+    correlation with test error, how many of all the tests are significant after Holm's correction."""
+    significant = full["verdict"]["significant_after_holm"]
+    return {"best_batch_size": full["best_batch_size_by_test_acc"],
+            "spearman_vs_test_error": {measure: targets["test_error"]["spearman"]
+                                       for measure, targets in full["correlations"].items()
+                                       if measure in HEADLINE_MEASURES},
+            "significant_after_holm": len(significant) if isinstance(significant, list) else significant}
 
 
 def write_outputs(root: Path, work: Path, params: Params, summary: dict[str, Any], trials: list[dict[str, Any]],
@@ -209,7 +223,9 @@ def write_outputs(root: Path, work: Path, params: Params, summary: dict[str, Any
         name = f"bs_{trial['batch_size']:05d}.h5"
         shutil.copy2(work / name, surface_dir / name)
     pages, summary_pages = write_pages(report, summary, trials, surfaces, rows, result["table"])
-    metrics_path = write_json(root / METRICS_PATH, verdict_metrics(summary, params.batch_landscapes, rows, result))
+    full = verdict_metrics(summary, params.batch_landscapes, rows, result)
+    metrics_path = write_json(root / RESULTS_PATH, full)
+    write_json(root / METRICS_PATH, headline(full))
     write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
     return pages, summary_pages, metrics_path
 
@@ -233,10 +249,12 @@ def sweep_parent_run(client: MlflowClient, study: optuna.Study) -> str | None:
 
 
 def log_stage_run(root: Path, summary: dict[str, Any], section: BatchLandscapesParams, rows: list[dict[str, Any]],
+                  inputs: list[Any],
                   table: dict[str, Any], artifacts: list[Path]) -> None:
     """This stage's MLflow run: params, every row's measures by batch size, the correlations, `artifacts`."""
     with stage_run(STAGE, summary["study"], STAGE, root=root):
         mlflow.set_tag("lossviz.study", summary["study"])
+        log_inputs(inputs)
         mlflow.log_params({f"batch_landscapes.{k}": v for k, v in section.model_dump().items()})
         for row in rows:
             mlflow.log_metrics({key: float(row[key]) for key in ("test_acc", "gap_acc", "gap_loss",
@@ -244,8 +262,9 @@ def log_stage_run(root: Path, summary: dict[str, Any], section: BatchLandscapesP
                                 if math.isfinite(float(row[key]))}, step=row["batch_size"])
         mlflow.log_metrics({f"spearman_{m}_vs_{t}": cell["spearman"] for m, targets in table.items()
                             for t, cell in targets.items() if math.isfinite(cell["spearman"])})
-        for artifact in artifacts:
-            mlflow.log_artifact(str(artifact))
+        with self_contained_copies(artifacts) as copies:  # MLflow shows each page alone: plotly.js inlined
+            for artifact in copies:
+                mlflow.log_artifact(str(artifact))
 
 
 def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages: dict[int, Path],
@@ -261,7 +280,8 @@ def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages
             print(f"{STAGE}: no MLflow run of batch size {row['batch_size']} in study {summary['study']}; "
                   "its page is not logged there", file=sys.stderr)
             continue
-        client.log_artifact(run_id, str(pages[row["batch_size"]]), "landscape")
+        with self_contained_copies([pages[row["batch_size"]]]) as (page,):
+            client.log_artifact(run_id, str(page), "landscape")
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"landscape_{key}", float(row[key]), 0, 0)
                                           for key in LOGGED_MEASURES if math.isfinite(float(row[key]))])
     parent = sweep_parent_run(client, study)
@@ -269,8 +289,9 @@ def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages
         print(f"{STAGE}: no MLflow parent run of study {summary['study']}; its Optuna pages are only in "
               f"{SWEEP_REPORT_DIR}", file=sys.stderr)
         return
-    for page in sweep_pages:
-        client.log_artifact(parent, str(page), "optuna")
+    with self_contained_copies(sweep_pages) as copies:
+        for page in copies:
+            client.log_artifact(parent, str(page), "optuna")
 
 
 def print_verdict(rows: list[dict[str, Any]], table: dict[str, Any]) -> None:
@@ -301,7 +322,8 @@ def main() -> int:
     pages, summary_pages, metrics_path = write_outputs(root, work, params, summary, trials, surfaces, rows, result)
     sweep_pages = write_sweep_pages(study, root / SWEEP_REPORT_DIR)
     ensure_store(root)
-    log_stage_run(root, summary, params.batch_landscapes, rows, table, [*summary_pages, metrics_path])
+    log_stage_run(root, summary, params.batch_landscapes, rows, split_inputs(splits, only=("test",)), table,
+                  [*summary_pages, metrics_path])
     log_to_sweep_runs(summary, rows, pages, study, sweep_pages)
     shutil.rmtree(work, ignore_errors=True)
     print_verdict(rows, table)

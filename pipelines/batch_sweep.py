@@ -35,7 +35,7 @@ from lossviz.data import DataError  # noqa: E402
 from lossviz.params import Params  # noqa: E402
 from pipelines.common import repo_root, stage_params  # noqa: E402
 from pipelines.sweep.finalize import check_grid_done, finalize  # noqa: E402
-from pipelines.sweep.layout import JOURNAL_PATH, MODELS_DIR, STAGE  # noqa: E402
+from pipelines.sweep.layout import JOURNAL_PATH, MODELS_DIR, PARENT_ATTR, STAGE  # noqa: E402
 from pipelines.sweep.settings import (  # noqa: E402
     SweepError,
     check_settings,
@@ -45,7 +45,7 @@ from pipelines.sweep.settings import (  # noqa: E402
 )
 from pipelines.sweep.storage import Liveness, storage_url  # noqa: E402
 from pipelines.sweep.study import load_sweep_study, run_sweep_worker, setup_study, wait_until_done  # noqa: E402
-from pipelines.tracking import ensure_store  # noqa: E402
+from pipelines.tracking import ensure_store, log_inputs, split_inputs  # noqa: E402
 
 PROGRESS = True  # tqdm per trial, as the train stage
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     (root / MODELS_DIR).mkdir(parents=True, exist_ok=True)
     ensure_store(root)
     try:
-        setup_study(url, study_name, settings, section.n_trials, root, Liveness.from_params(section))
+        study = setup_study(url, study_name, settings, section.n_trials, root, Liveness.from_params(section))
+        log_inputs(split_inputs(splits), study.user_attrs[PARENT_ATTR])
         wait_until_done(url, study_name, root, settings, params.device, splits, PROGRESS)
         study, _ = load_sweep_study(url, study_name, root)
         check_grid_done(study, settings)

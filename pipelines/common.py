@@ -8,8 +8,10 @@ import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,47 @@ def write_json(path: Path, value: Any) -> Path:
     """A stage's JSON file (metrics/*.json is what `dvc metrics show` reads), written atomically."""
     text = json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+TIMINGS_DIR = Path("timings")
+
+
+def write_timings(root: Path, stage: str, values: dict[str, Any]) -> Path:
+    """`timings/<stage>.json`: this machine's wall times of the stage's last run (atomically). Git-ignored and no
+    DVC output: every versioned file (metrics, outputs, dvc.lock) stays byte-identical across runs of the same
+    code and params, while the times of each run live here and in its MLflow run."""
+    record = {"stage": stage, "host": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              **values}
+    return write_json(root / TIMINGS_DIR / f"{stage}.json", record)
+
+
+def portable_path(path: str | Path, root: Path) -> str:
+    """A path as recorded in outputs and runs: relative to the repository when inside it (a copied or moved
+    checkout stays valid), as given otherwise."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+WALL_TIME_KEYS = frozenset({"seconds"})
+
+
+def drop_wall_times(directory: Path, name: str = "result.json") -> None:
+    """Every `name` under `directory` without wall times (the library's result files record them): the
+    published copy of a run is then the same bytes each time. Times, top-level and per epoch, become null (the
+    result and epoch classes still load, a resumed run replays them); they stay in MLflow and timings/."""
+    for path in sorted(directory.rglob(name)):
+        values = json.loads(path.read_text())
+        changed = False
+        for record in [values, *(values.get("history") or [])]:
+            for key in WALL_TIME_KEYS & set(record):
+                if record[key] is not None:
+                    record[key], changed = None, True
+        if changed:
+            text = json.dumps(values, indent=2, sort_keys=True) + "\n"
+            atomic_write(path, lambda stream, text=text: stream.write(text.encode()))
 
 
 def write_plot_table(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -29,19 +29,38 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
+from lossviz.checkpoints import load_model_weights
 from lossviz.data import DataError, Splits, load_splits
 from lossviz.lottery import IMPConfig, LevelResult, LotteryCallbacks, level_name, run_lottery
 from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig
-from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
-from pipelines.tracking import ensure_store, get_experiment_id, reclaim_run, run_tags
+from pipelines.common import (
+    data_root,
+    drop_wall_times,
+    repo_root,
+    resume_path,
+    stage_params,
+    write_json,
+    write_plot_table,
+    write_timings,
+)
+from pipelines.tracking import (
+    ensure_store,
+    get_experiment_id,
+    log_inputs,
+    log_torch_model,
+    reclaim_run,
+    run_tags,
+    split_inputs,
+)
 
 STAGE = "lottery"
 EXPERIMENT = "lottery"
 OUT_DIR = Path("models/lottery")
-METRICS_PATH = Path("metrics/lottery.json")
+METRICS_PATH = Path("metrics/lottery.json")  # headline numbers (`dvc metrics show`)
+RESULTS_PATH = Path("results/lottery.json")  # every kind and level
 PLOT_PATH = Path("metrics/lottery.csv")  # test accuracy vs weights remaining, both kinds of ticket
 
 
@@ -83,8 +102,12 @@ class Tracker:
     """MLflow logging of the level loop, resumable: run ids and what was logged are kept in the work
     directory, so a restarted stage continues the same runs and never logs a level or an epoch twice."""
 
-    def __init__(self, root: Path, work: Path, params: Params, run_prefix: str):
+    def __init__(self, root: Path, work: Path, params: Params, run_prefix: str, splits: Splits | None = None,
+                 make_model=None):
         ensure_store(root)
+        self.inputs = split_inputs(splits) if splits is not None else []
+        self.make_model, self.example = make_model, splits.test.x[:8] if splits is not None else None
+        self.seconds: dict[str, float] = {}
         self.client = MlflowClient()
         self.experiment_id = get_experiment_id(EXPERIMENT, root)
         self.tags = run_tags(STAGE, root)
@@ -123,6 +146,7 @@ class Tracker:
         section = self.params.lottery
         self.client.log_batch(run_id, params=[mlflow.entities.Param(key, str(value))
                                               for key, value in used_params(self.params).items()])
+        log_inputs(self.inputs, run_id)
         knobs = {"batch_size": section.batch_size, "rate": section.rate, "levels": section.levels,
                  "epochs": section.epochs, "lr": section.lr, "rewind_epoch": section.rewind_epoch}
         self._metrics(run_id, knobs, step=0)
@@ -142,6 +166,9 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{kind}-{level_name(level)}",
                                      tags={**self.tags, "mlflow.parentRunId": parent, "lottery.kind": kind,
                                            "lottery.level": str(level)})
+        self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in {
+            **used_params(self.params), "kind": kind, "level": level}.items()])
+        log_inputs(self.inputs, run.info.run_id)
         self.state["children"][key] = run.info.run_id
         self.logged_epochs[key] = set()
         self._save()
@@ -168,6 +195,7 @@ class Tracker:
 
     def level_end(self, kind: str, level: int, result: LevelResult, directory: Path, replayed: bool) -> None:
         key = f"{kind}/{level_name(level)}"
+        drop_wall_times(directory)  # at once: the finished level's files are final (a resumed run keeps them)
         print(f"{STAGE}: {kind} {level_name(level)} {'found finished' if replayed else 'done'}: "
               f"P_m {100 * result.remaining:.2f}%, test_acc {result.test_acc:.4f}, "
               f"early stop at iteration {result.early_stop_iteration}", flush=True)
@@ -184,6 +212,11 @@ class Tracker:
             self.client.set_tag(run_id, "lottery.shared_with", result.shared_with)
         self.client.log_artifact(run_id, str(directory / "mask.pt"), "mask")
         self.client.log_artifact(run_id, str(directory / "result.json"))
+        self.seconds[key] = result.seconds
+        if self.make_model is not None:  # the ticket as an MLflow model (its masked weights); ends the run
+            ticket = load_model_weights(self.make_model(), directory / "model.pt")
+            with mlflow.start_run(run_id=run_id):
+                log_torch_model(ticket, self.example.cpu())
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         parent = self.parent(kind)
         per_level = {"test_acc": result.test_acc, "remaining": result.remaining,
@@ -199,11 +232,25 @@ class Tracker:
     def finish(self, metrics_path: Path) -> None:
         for run_id in self.state["parents"].values():
             self.client.log_artifact(run_id, str(metrics_path))
+            self.client.log_artifact(run_id, str(metrics_path.parent.parent / METRICS_PATH), "metrics")
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """metrics/lottery.json, what `dvc exp show` compares: the dense and the last level's test accuracy of each
+    kind, P_m at the last level, the final gap (the full table: results/lottery.json)."""
+    last = max(summary["winning"])
+    values = {"last_remaining": summary["winning"][last]["remaining"],
+              "dense_test_acc": summary["winning"][min(summary["winning"])]["test_acc"],
+              "last_test_acc": {kind: summary[kind][last]["test_acc"] for kind in ("winning", "random")
+                                if kind in summary}}
+    if "final_gap" in summary:
+        values["final_gap"] = summary["final_gap"]
+    return values
+
+
 def metrics_summary(params: Params, results: dict[str, list[LevelResult]]) -> dict[str, Any]:
-    """metrics/lottery.json: per kind and level, P_m, test accuracy and the early-stop iteration."""
+    """results/lottery.json: per kind and level, P_m, test accuracy and the early-stop iteration."""
     section = params.lottery
     summary: dict[str, Any] = {"model": section.model, "dataset": section.dataset, "rate": section.rate,
                                "levels": section.levels}
@@ -231,6 +278,7 @@ def publish(levels_dir: Path, out_dir: Path) -> None:
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(levels_dir, staging)
+    drop_wall_times(staging)  # the published tickets are the same bytes on every run (times: MLflow, timings/)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
 
@@ -252,10 +300,10 @@ def main() -> int:
         return 2
 
     work = work_dir(root, params)
-    tracker = Tracker(root, work, params, f"{section.model}-{section.dataset}")
-
     def make_model():
         return build_model(section.model, splits.input_shape, splits.num_classes)
+
+    tracker = Tracker(root, work, params, f"{section.model}-{section.dataset}", splits, make_model)
 
     started = time.perf_counter()
     seed_everything(params.seed)  # θ0 is the first model built (and saved before any training)
@@ -263,9 +311,11 @@ def main() -> int:
                           callbacks=LotteryCallbacks(epoch=tracker.epoch, level_end=tracker.level_end))
     publish(work / "levels", root / OUT_DIR)
     summary = metrics_summary(params, results)
-    metrics_path = write_json(root / METRICS_PATH, summary)
+    metrics_path = write_json(root / RESULTS_PATH, summary)
+    write_json(root / METRICS_PATH, headline(summary))
     write_plot_table(root / PLOT_PATH, plot_rows(summary))
     tracker.finish(metrics_path)
+    write_timings(root, STAGE, {"seconds": time.perf_counter() - started, "level_seconds": tracker.seconds})
     shutil.rmtree(work)
     print(f"{STAGE}: {len(results['winning'])} levels of {', '.join(results)} tickets in "
           f"{time.perf_counter() - started:.0f} s")

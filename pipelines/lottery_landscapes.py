@@ -31,18 +31,19 @@ from lossviz.engine import compute_surface
 from lossviz.figures import compare_figure, lottery_figure, shape_metrics
 from lossviz.lottery import LevelResult, level_dir, load_mask, load_results
 from lossviz.models import build_model
-from lossviz.pages import write_html
+from lossviz.pages import self_contained_copies, write_report_page
 from lossviz.params import Params
 from lossviz.stats import finite_or_none
 from lossviz.surface import Surface
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json
-from pipelines.tracking import stage_run
+from pipelines.tracking import log_splits, stage_run
 
 STAGE = "lottery_landscapes"
 TICKETS = Path("models/lottery")
 SURFACE_DIR = Path("surfaces/lottery_landscapes")
 REPORT_DIR = Path("reports/lottery_landscapes")
-METRICS_PATH = Path("metrics/lottery_landscapes.json")
+METRICS_PATH = Path("metrics/lottery_landscapes.json")  # headline numbers (`dvc metrics show`)
+RESULTS_PATH = Path("results/lottery_landscapes.json")  # shape metrics of every kind and level
 METHOD = {"winning": "IMP", "random": "random"}
 
 
@@ -120,6 +121,7 @@ def main() -> int:
     run_name = f"{params.lottery.model}-{params.lottery.dataset}-grid{section.grid_points}"
     with stage_run(STAGE, run_name, STAGE, root=root):
         mlflow.log_params(used_params(params))
+        log_splits(splits, only=("test",))
         mlflow.log_metrics({"grid_points": section.grid_points, "n_examples": section.n_examples,
                             "extent": section.extent})
         surfaces = {(kind, level): ticket_surface(params, root, work, splits.test, splits.input_shape,
@@ -131,12 +133,15 @@ def main() -> int:
         for kind, level in surfaces:
             shutil.copy2(work / surface_name(kind, level), surface_dir / surface_name(kind, level))
         pages = write_pages(root / REPORT_DIR, params, surfaces, metrics, results)
-        metrics_path = write_json(root / METRICS_PATH, metrics_summary(params, by_level, metrics))
+        full = metrics_summary(params, by_level, metrics)
+        metrics_path = write_json(root / RESULTS_PATH, full)
+        write_json(root / METRICS_PATH, headline(full, section.kinds))
         for kind, level in surfaces:
             mlflow.log_metrics({f"{kind}_{key}": value for key, value in _plain(metrics[kind, level]).items()
                                 if value is not None}, step=level)
-        for page in pages:
-            mlflow.log_artifact(str(page), "reports")
+        with self_contained_copies(pages) as copies:  # MLflow shows each page alone: plotly.js inlined
+            for page in copies:
+                mlflow.log_artifact(str(page), "reports")
         mlflow.log_artifact(str(metrics_path))
         mlflow.log_artifacts(str(surface_dir), "surfaces")
     shutil.rmtree(work, ignore_errors=True)
@@ -176,15 +181,15 @@ def write_pages(report_dir: Path, params: Params, surfaces: dict[tuple[str, int]
         return compare_figure([surfaces[k] for k in keys], columns=columns, clip_radius=clip,
                               shared_z=section.shared_z, metrics=[metrics[k] for k in keys], title=title)
 
-    pages = [write_html(compare([(kind, level) for level in section.levels],
+    pages = [write_report_page(compare([(kind, level) for level in section.levels],
                                 f"{METHOD[kind]} tickets of {model_name} as pruning proceeds (seed paper, Figure "
                                 f"{figure_numbers[kind]}); subplot titles: method, P_m, test accuracy", 3),
                         report_dir / f"{kind}.html") for kind in section.kinds]
     if len(section.kinds) > 1:
-        pages.append(write_html(compare([(kind, level) for level in section.levels for kind in section.kinds],
+        pages.append(write_report_page(compare([(kind, level) for level in section.levels for kind in section.kinds],
                                         f"{model_name}: winning vs random tickets at the same P_m, level by level",
                                         len(section.kinds)), report_dir / "side_by_side.html"))
-    pages.append(write_html(lottery_figure(
+    pages.append(write_report_page(lottery_figure(
         results, title=f"Lottery tickets of {model_name}: winning (IMP) vs random masks (seed paper, Figure 5)"),
         report_dir / "figure5.html"))
     return pages
@@ -199,6 +204,14 @@ def metrics_summary(params: Params, by_level: dict[str, dict[int, LevelResult]],
                                                  "test_acc": by_level[kind][level].test_acc,
                                                  **_plain(metrics[kind, level])} for level in section.levels}
     return summary
+
+
+def headline(full: dict, kinds: list[str]) -> dict:
+    """metrics/lottery_landscapes.json, what `dvc exp show` compares: each kind's depth and convex fraction at
+    the deepest level drawn (the full table: results/lottery_landscapes.json)."""
+    deepest = max(full[kinds[0]])
+    return {"deepest_remaining": full[kinds[0]][deepest]["remaining"],
+            **{key: {kind: full[kind][deepest].get(key) for kind in kinds} for key in ("depth", "convex_fraction")}}
 
 
 def _plain(values: dict) -> dict[str, float | None]:

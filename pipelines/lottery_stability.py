@@ -49,16 +49,26 @@ from lossviz.stability import (
     summarize_barriers,
 )
 from lossviz.training import EpochRecord
-from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
+from pipelines.common import (
+    data_root,
+    drop_wall_times,
+    repo_root,
+    resume_path,
+    stage_params,
+    write_json,
+    write_plot_table,
+    write_timings,
+)
 from pipelines.lottery import train_config
-from pipelines.tracking import ensure_store, get_experiment_id, run_tags
+from pipelines.tracking import ensure_store, get_experiment_id, log_inputs, run_tags, split_inputs
 
 STAGE = "lottery_stability"
 EXPERIMENT = "lottery_stability"
 TICKETS = Path("models/lottery")
 OUT_DIR = Path("models/lottery_stability")
 SURFACE_DIR = Path("surfaces/lottery_stability")
-METRICS_PATH = Path("metrics/lottery_stability.json")
+METRICS_PATH = Path("metrics/lottery_stability.json")  # headline numbers (`dvc metrics show`)
+RESULTS_PATH = Path("results/lottery_stability.json")  # barriers per kind, level and k (the pages read it)
 PLOT_PATH = Path("metrics/lottery_stability.csv")  # barrier vs weights remaining, per kind and k
 
 
@@ -123,8 +133,10 @@ class Tracker:
     stage continues the same runs and logs nothing twice. The stage run holds the barriers; a child
     per pair holds its path; a child of the pair per copy holds the copy's per-epoch curves."""
 
-    def __init__(self, root: Path, work: Path, params: Params):
+    def __init__(self, root: Path, work: Path, params: Params, splits: Splits | None = None):
         ensure_store(root)
+        self.inputs = split_inputs(splits) if splits is not None else []
+        self.seconds: dict[str, float] = {}
         self.client = MlflowClient()
         self.experiment_id = get_experiment_id(EXPERIMENT, root)
         self.tags = run_tags(STAGE, root)
@@ -147,18 +159,18 @@ class Tracker:
                 pass
         run_tags_ = {**self.tags, **tags, **({"mlflow.parentRunId": parent} if parent else {})}
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags_).info.run_id
+        # every run with the params it ran with (its own tags too) and the data
+        own = {tag.removeprefix("stability."): value for tag, value in tags.items()}
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in {**used_params(self.params),
+                                                                                    **own}.items()])
+        log_inputs(self.inputs, run_id)
         self.state["runs"][key] = run_id
         self._save()
         return run_id
 
     def stage(self) -> str:
         lottery = self.params.lottery
-        run_id = self.state["runs"].get("stage")
-        created = self._run("stage", f"{lottery.model}-{lottery.dataset}", {})
-        if created != run_id:
-            self.client.log_batch(created, params=[Param(key, str(value)[:6000])
-                                                   for key, value in used_params(self.params).items()])
-        return created
+        return self._run("stage", f"{lottery.model}-{lottery.dataset}", {})
 
     def pair(self, key: PairKey) -> str:
         return self._run(key.name, key.name.replace("/", "-"),
@@ -188,6 +200,7 @@ class Tracker:
 
     def copy_end(self, key: PairKey, copy_name: str, result: CopyResult, directory: Path, replayed: bool) -> None:
         name = f"{key.name}/copy_{copy_name}"
+        drop_wall_times(directory)  # at once: the finished copy's files are final (a resumed run keeps them)
 
         def log() -> None:
             run_id = self._run(name, name.replace("/", "-"), {"stability.kind": key.kind, "stability.copy": copy_name,
@@ -200,6 +213,8 @@ class Tracker:
             self.client.log_artifact(run_id, str(directory / "result.json"))
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
+        if result.seconds is not None:
+            self.seconds[name] = result.seconds
         self._once(name, log)
 
     def pair_end(self, key: PairKey, result: PairResult, directory: Path, replayed: bool) -> None:
@@ -248,6 +263,18 @@ def metrics_summary(params: Params, results: list[PairResult]) -> dict[str, Any]
             **summarize_barriers(results, section.stable_threshold)}
 
 
+def headline(summary: dict[str, Any], rewind_epochs: list[int]) -> dict[str, Any]:
+    """metrics/lottery_stability.json, what `dvc exp show` compares: at the deepest level measured, each kind's
+    error barrier at each k (the full table: results/lottery_stability.json)."""
+    kinds = [kind for kind in KINDS if kind in summary]
+    deepest = max((level for kind in kinds for level in summary[kind]), default=None)
+    if deepest is None:
+        return {}
+    return {"deepest_remaining": summary[kinds[0]][deepest]["remaining"],
+            "error_barrier": {f"{kind}_k{k}": summary[kind][deepest][f"k_{k}"]["error_barrier"]
+                              for kind in kinds for k in rewind_epochs if f"k_{k}" in summary[kind].get(deepest, {})}}
+
+
 def plot_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per level: percent of weights remaining, each kind's error barrier at each k."""
     kinds = [kind for kind in KINDS if kind in summary]
@@ -273,6 +300,7 @@ def publish(runs: Path, root: Path) -> None:
     for target in (root / OUT_DIR, root / SURFACE_DIR):
         shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(runs, root / OUT_DIR, ignore=shutil.ignore_patterns("*.h5"))
+    drop_wall_times(root / OUT_DIR)  # the same bytes on every run (times: MLflow, timings/)
     for path in sorted(runs.rglob("*.h5")):
         relative = path.relative_to(runs)
         name = "planes/" + path.name if relative.parts[0] == "planes" else \
@@ -302,15 +330,17 @@ def main() -> int:
     except ValueError as error:
         print(f"{STAGE}: {error}", file=sys.stderr)
         return 2
-    tracker = Tracker(root, work, params)
+    tracker = Tracker(root, work, params, splits)
     analysis.callbacks = tracker.callbacks()
     results = analysis.run()
     planes = analysis.planes()
     summary = metrics_summary(params, results)
     publish(work / "runs", root)
-    metrics_path = write_json(root / METRICS_PATH, summary)
+    metrics_path = write_json(root / RESULTS_PATH, summary)
+    write_json(root / METRICS_PATH, headline(summary, params.lottery_stability.rewind_epochs))
     write_plot_table(root / PLOT_PATH, plot_rows(summary))
     tracker.finish(summary, metrics_path)
+    write_timings(root, STAGE, {"seconds": time.perf_counter() - started, "copy_seconds": tracker.seconds})
     shutil.rmtree(work)
     print(f"{STAGE}: {len(results)} pairs and {len(planes)} planes in {time.perf_counter() - started:.0f} s")
     print(table(summary, params.lottery_stability.rewind_epochs))

@@ -1,7 +1,7 @@
 """DVC stage `lottery_stability_pages`: the pages of the `lottery_stability` stage, drawn from its outputs alone
 (a stage of their own, so that editing a figure or the viewer redraws them without retraining a copy).
 
-Reads metrics/lottery_stability.json (the barriers and the settings they were measured with), each pair's
+Reads results/lottery_stability.json (the barriers and the settings they were measured with), each pair's
 path.json under models/lottery_stability/, and the planes (surfaces/lottery_stability/planes/<name>.h5 with their
 three points in models/lottery_stability/planes/<name>.json). Writes `reports/lottery_stability/`:
 
@@ -24,7 +24,7 @@ import mlflow
 
 from lossviz.figures import barrier_figure, path_curves_figure, planes_figure
 from lossviz.lottery import KINDS, level_name
-from lossviz.pages import write_html
+from lossviz.pages import self_contained_copies, write_report_page
 from lossviz.stability import PairResult, PlanePoint, load_pair_results, load_plane_points
 from lossviz.surface import Surface
 from pipelines.common import repo_root
@@ -34,7 +34,7 @@ STAGE = "lottery_stability_pages"
 EXPERIMENT = "lottery_stability"
 RESULTS = Path("models/lottery_stability")
 PLANES = Path("surfaces/lottery_stability/planes")
-METRICS_PATH = Path("metrics/lottery_stability.json")
+METRICS_PATH = Path("results/lottery_stability.json")  # the full table (metrics/: its headline)
 REPORT_DIR = Path("reports/lottery_stability")
 LABEL = {"winning": "IMP", "random": "random"}
 PLANE_KINDS = {"copies": "the start m ⊙ θ_k and the two copies",
@@ -67,7 +67,7 @@ def path_pages(summary: dict[str, Any], results: list[PairResult], report_dir: P
                   r.curve.to_dict() for r in chosen}
         title = (f"{model_name}, level {level} (P_m {100 * chosen[0].remaining:.1f}%): error and loss along the linear "
                  f"path between two copies (± one standard error; dotted: the endpoints' mean + {threshold:g} points)")
-        pages.append(write_html(path_curves_figure(curves, threshold=threshold, title=title),
+        pages.append(write_report_page(path_curves_figure(curves, threshold=threshold, title=title),
                                 report_dir / f"paths_{level_name(level)}.html"))
     return pages
 
@@ -82,7 +82,7 @@ def plane_pages(planes: dict[str, tuple[Surface, list[PlanePoint]]], report_dir:
         figure = planes_figure([(surface, {p.name: (p.x, p.y, p.loss) for p in points})
                                 for surface, points in chosen.values()], list(chosen),
                                title=f"{model_name}: planes through {what} (Garipov et al.); {examples} test examples")
-        pages.append(write_html(figure, report_dir / f"planes_{plane_kind}.html"))
+        pages.append(write_report_page(figure, report_dir / f"planes_{plane_kind}.html"))
     return pages
 
 
@@ -101,12 +101,15 @@ def main() -> int:
     title = (f"Instability of {model_name} tickets: barrier between two copies trained from m ⊙ θ_k vs weights "
              f"remaining, IMP vs random (Frankle et al. 2020); {summary['n_examples']} test examples, "
              f"{summary['pairs']} pair(s) per point")
-    pages = [write_html(barrier_figure(barrier_series(summary), threshold=summary["stable_threshold"], title=title),
-                        report_dir / "barriers.html"),
+    barriers = barrier_figure(barrier_series(summary), threshold=summary["stable_threshold"], title=title)
+    pages = [write_report_page(barriers, report_dir / "barriers.html"),
              *path_pages(summary, results, report_dir, model_name), *plane_pages(planes, report_dir, model_name)]
     with stage_run(EXPERIMENT, "pages", STAGE, root=root):
-        for page in pages:
-            mlflow.log_artifact(str(page), "reports")
+        mlflow.log_params({"results": METRICS_PATH.as_posix(), **{key: summary[key] for key in (
+            "model", "dataset", "n_examples", "path_points", "pairs", "stable_threshold")}})
+        with self_contained_copies(pages) as copies:  # MLflow shows each page alone: plotly.js inlined
+            for page in copies:
+                mlflow.log_artifact(str(page), "reports")
     print(f"{STAGE}: {len(pages)} pages in {REPORT_DIR}")
     return 0
 

@@ -11,9 +11,15 @@ the agreement at the points both grids share; the full fine grid is not evaluate
 its time is estimated from the per-point timings.
 
 Outputs (DVC): `surfaces/sample_size/` (n_XXXXX.h5, adaptive.h5 and directions.h5), `reports/sample_size/`
-(compare.html in the style of Figure 2, fidelity.html: fidelity and speed-up vs n, adaptive.html: the adaptive
-surface beside the fully evaluated one), `metrics/sample_size.json`;
-all of it in an MLflow run of experiment "sample_size" (per-n metrics with step = n).
+(compare.html in the style of Figure 2, fidelity.html: fidelity vs n, adaptive.html: the adaptive
+surface beside the fully evaluated one), `results/sample_size.json` (every n's comparison) and the headline
+numbers `metrics/sample_size.json`; all of it in an MLflow run of experiment "sample_size" (per-n metrics with
+step = n, timings included).
+
+Timings (wall and CPU time per surface, seconds per point in every round, the speed-ups) are a measurement of
+this machine and this run, so they are in no versioned file: `timings/sample_size.json` and the page
+`timings/sample_size.html` (speed-up vs n, the spread over rounds), both git-ignored, and the MLflow run. The
+versioned pages stay byte-identical across runs; the report links the timing page.
 
 Resume: surfaces are computed into `tmp/resume/sample_size-<digest>/` (named by everything that shapes
 them), each flushed point by point, with the wall time of every finished surface; a killed run picks up
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +48,7 @@ from lossviz.directions import Directions, random_directions
 from lossviz.engine import compute_surface, point_function
 from lossviz.figures import compare_figure, sample_size_figure, shape_metrics
 from lossviz.models import build_model
-from lossviz.pages import write_html
+from lossviz.pages import self_contained_copies, write_html, write_report_page
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.sampling import (
@@ -52,16 +59,30 @@ from lossviz.sampling import (
 )
 from lossviz.stats import finite_or_none
 from lossviz.surface import Surface, outside_radius
-from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
-from pipelines.tracking import stage_run
+from pipelines.common import (
+    TIMINGS_DIR,
+    data_root,
+    portable_path,
+    repo_root,
+    resume_path,
+    stage_params,
+    write_json,
+    write_plot_table,
+    write_timings,
+)
+from pipelines.tracking import dataset_input, log_inputs, stage_run
 
 STAGE = "sample_size"
 SURFACE_DIR = Path("surfaces/sample_size")
 REPORT_DIR = Path("reports/sample_size")
-METRICS_PATH = Path("metrics/sample_size.json")
-PLOT_PATH = Path("metrics/sample_size.csv")  # fidelity and speed-up vs examples per point
-PLOT_COLUMNS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "max_ln_loss_se", "speedup",
-                "point_speedup")
+METRICS_PATH = Path("metrics/sample_size.json")  # headline numbers (`dvc metrics show`)
+RESULTS_PATH = Path("results/sample_size.json")  # every n's comparison, the auto choice, the adaptive check
+PLOT_PATH = Path("metrics/sample_size.csv")  # fidelity vs examples per point
+PLOT_COLUMNS = ("n", "pearson_ln_loss", "rmse_ln_loss", "argmin_distance", "max_ln_loss_se")
+TIMING_PAGE = TIMINGS_DIR / "sample_size.html"
+# wall-clock numbers: MLflow and timings/ only, never a versioned file
+TIMING_KEYS = frozenset({"seconds", "speedup", "cpu_seconds", "cpu_speedup", "point_seconds", "point_speedup",
+                         "pilot_seconds", "every_point_seconds_estimated", "speedup_estimated"})
 TRAIN_CHECKPOINT = Path("models/train/model.pt")
 DIRECTIONS_FILE = "directions.h5"
 ADAPTIVE_FILE = "adaptive.h5"
@@ -103,18 +124,24 @@ def check_study(params: Params, study: Study, n_test: int | None) -> list[str]:
     return problems
 
 
-def used_params(params: Params, study: Study) -> dict[str, object]:
-    """Every param the stage reads (resolved), flat: logged to MLflow and hashed for the resume directory."""
+def used_params(params: Params, study: Study, root: Path) -> dict[str, object]:
+    """Every param the stage reads (resolved), flat: logged to MLflow and hashed for the resume directory (the
+    checkpoint relative to the repository: a moved checkout resumes)."""
     return {"seed": params.seed, "device": params.device, "data.normalize": params.data.normalize,
             "train.model": params.train.model, "train.dataset": params.train.dataset,
             **{f"sample_size.{key}": value for key, value in params.sample_size.model_dump().items()},
-            **{f"study.{key}": str(value) for key, value in asdict(study).items()}}
+            **{f"study.{key}": str(value) for key, value in asdict(study).items()},
+            "study.checkpoint": portable_path(study.checkpoint, root)}
+
+
+def without_timings(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if key not in TIMING_KEYS}
 
 
 def work_dir(root: Path, params: Params, study: Study) -> Path:
     manifest = data_root(root) / study.dataset / "manifest.json"
     inputs = [study.checkpoint] + ([manifest] if manifest.is_file() else [])
-    return resume_path(root, STAGE, used_params(params, study), inputs)
+    return resume_path(root, STAGE, used_params(params, study, root), inputs)
 
 
 def surface_name(n: int) -> str:
@@ -172,12 +199,15 @@ def main() -> int:
     directions = load_or_draw_directions(work / DIRECTIONS_FILE, model, params.seed)
 
     with stage_run(STAGE, f"{study.model}-{study.dataset}-grid{grid.points}", STAGE, root=root):
-        mlflow.log_params(used_params(params, study))
+        mlflow.log_params(used_params(params, study, root))
+        log_inputs([dataset_input(test.x, test.y, f"{study.dataset}-test", f"data/prepared/{study.dataset}",
+                                  "evaluation")])
         mlflow.log_metrics({"grid_points": grid.points, "reference_n": max(params.sample_size.n_examples),
                             "auto_tolerance": params.sample_size.auto_tolerance, "test_examples": len(test)})
         surfaces, times = study_surfaces(params, study, model, test, directions, grid, work)
         auto = auto_choice(params, model, test, directions, grid, work)
-        point_seconds = point_timings(params, model, test, directions, grid, work)
+        point_rounds = point_timings(params, model, test, directions, grid, work)
+        point_seconds = {n: min(rounds) for n, rounds in point_rounds.items()}  # the best round
         adaptive = adaptive_study(params, study, model, test, directions, work, surfaces, point_seconds)
         rows = compare_sample_sizes(surfaces, {n: t["seconds"] for n, t in times.items()}, grid.clip_radius,
                                     cpu_seconds={n: t["cpu_seconds"] for n, t in times.items()},
@@ -186,6 +216,7 @@ def main() -> int:
         if auto["n"] in by_n:  # the achieved error of the chosen n on the whole grid
             auto["full_grid_max_ln_loss_se"] = by_n[auto["n"]]["max_ln_loss_se"]
         publish(root, params, study, surfaces, rows, auto, grid, work, adaptive)
+        publish_timings(root, study, rows, auto, adaptive, point_rounds, params)
     shutil.rmtree(work, ignore_errors=True)
     for row in rows:
         print(f"{STAGE}: n={row['n']:>6}: pearson ln(loss) {_fmt(row['pearson_ln_loss'])}, rmse "
@@ -245,7 +276,8 @@ class Grid:
 def study_surfaces(params: Params, study: Study, model: nn.Module, test: TensorSplit, directions: Directions,
                    grid: Grid, work: Path) -> tuple[dict[int, Surface], dict[int, dict[str, float]]]:
     """One surface per n, the same directions for all, with their wall and CPU times (resumable)."""
-    meta = {"model": study.model, "dataset": study.dataset, "split": "test", "checkpoint": str(study.checkpoint),
+    meta = {"model": study.model, "dataset": study.dataset, "split": "test",
+            "checkpoint": portable_path(study.checkpoint, repo_root()),
             "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE)}
     timings_path = work / "timings.json"
     timings = _read_json(timings_path)
@@ -279,18 +311,23 @@ def auto_choice(params: Params, model: nn.Module, test: TensorSplit, directions:
 
 
 def point_timings(params: Params, model: nn.Module, test: TensorSplit, directions: Directions, grid: Grid,
-                  work: Path) -> dict[int, float]:
-    """Seconds per point at every n, as a benchmark (best of the params' rounds; resumable)."""
+                  work: Path) -> dict[int, list[float]]:
+    """Seconds per point at every n in each of the params' rounds, as a benchmark (every n timed in each round
+    in turn; resumable). The best round is the least disturbed by other work; the spread is reported."""
     section, path = params.sample_size, work / "point_seconds.json"
-    point_seconds = {int(n): value for n, value in _read_json(path).items()}
-    if section.timing_points and not point_seconds:
+    point_rounds = {int(n): value for n, value in _read_json(path).items()}
+    if section.timing_points and not point_rounds:
         print(f"{STAGE}: timing {section.timing_points} points at every n, {section.timing_rounds} rounds", flush=True)
         alphas, betas = timing_points(grid.axis, grid.clip_radius, section.timing_points)
-        point_seconds = time_per_point(model, test.x, test.y, directions, section.n_examples, alphas, betas,
-                                       rounds=section.timing_rounds, seed=params.seed, batch_size=section.batch_size,
-                                       device=params.device, method=section.method)
-        write_json(path, {str(n): value for n, value in point_seconds.items()})
-    return point_seconds
+        point_rounds = {n: [] for n in section.n_examples}
+        for _ in range(section.timing_rounds):
+            measured = time_per_point(model, test.x, test.y, directions, section.n_examples, alphas, betas, rounds=1,
+                                      seed=params.seed, batch_size=section.batch_size, device=params.device,
+                                      method=section.method)
+            for n, seconds in measured.items():
+                point_rounds[n].append(seconds)
+        write_json(path, {str(n): value for n, value in point_rounds.items()})
+    return point_rounds
 
 
 def adaptive_study(params: Params, study: Study, model: nn.Module, test: TensorSplit, directions: Directions,
@@ -320,7 +357,8 @@ def adaptive_study(params: Params, study: Study, model: nn.Module, test: TensorS
     surface = compute_surface(model, test.x, test.y, directions, axis, axis, n_examples=n, out=path,
                               adaptive=section.adaptive_tolerance, meta={
                                   "model": study.model, "dataset": study.dataset, "split": "test",
-                                  "checkpoint": str(study.checkpoint), "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE),
+                                  "checkpoint": portable_path(study.checkpoint, repo_root()),
+                                  "dir_file": str(SURFACE_DIR / DIRECTIONS_FILE),
                                   "name": f"adaptive, n = {n}"}, **options)
     certificate = certificate_of(surface)
     seconds = time.perf_counter() - start
@@ -357,14 +395,14 @@ def publish_adaptive(root: Path, study: Study, adaptive: tuple[Surface, dict[str
     full = surfaces.get(record["compared_with_n"], surfaces[max(surfaces)])
     size, full_size = record["grid_points"], record["compared_with_grid_points"]
     checks = {key: record[key] for key in ("evaluations", "interpolated", "max_error", "spot_max_abs_ln_loss_error",
-                                           "common_points", "common_max_abs_ln_loss_diff", "seconds")}
+                                           "common_points", "common_max_abs_ln_loss_diff")}
     titles = [f"every point: {full_size}×{full_size}, n = {record['compared_with_n']}",
               f"adaptive: {size}×{size}, n = {record['n']}, tolerance {record['tolerance']:g}"]
     figure = compare_figure([full, surface], titles, columns=2, clip_radius=grid.clip_radius,
                             metrics=[shape_metrics(full), {**shape_metrics(surface), **checks}],
                             title=f"{study.model} on {study.dataset}: an adaptive surface beside a fully evaluated one "
                                   "(\"evaluated points only\" shows where it evaluated)")
-    return write_html(figure, root / REPORT_DIR / "adaptive.html")
+    return write_report_page(figure, root / REPORT_DIR / "adaptive.html")
 
 
 def publish(root: Path, params: Params, study: Study, surfaces: dict[int, Surface], rows: list[dict[str, Any]],
@@ -378,26 +416,29 @@ def publish(root: Path, params: Params, study: Study, surfaces: dict[int, Surfac
     shutil.copy2(work / DIRECTIONS_FILE, surface_dir / DIRECTIONS_FILE)
     for n in ns:
         shutil.copy2(work / surface_name(n), surface_dir / surface_name(n))
-    table = [{**shape_metrics(surfaces[n]), **{k: v for k, v in by_n[n].items() if k != "n" and v is not None}}
-             for n in ns]
+    table = [{**shape_metrics(surfaces[n]),
+              **{k: v for k, v in without_timings(by_n[n]).items() if k != "n" and v is not None}} for n in ns]
     title = (f"{study.model} on {study.dataset}: the same directions, n test examples per point "
              f"(fidelity against n = {max(ns)})")
-    compare_page = write_html(compare_figure([surfaces[n] for n in ns], [f"n = {n}" for n in ns], columns=3,
+    compare_page = write_report_page(compare_figure([surfaces[n] for n in ns], [f"n = {n}" for n in ns], columns=3,
                                              clip_radius=grid.clip_radius, metrics=table, title=title),
                               report_dir / "compare.html")
-    fidelity_page = write_html(sample_size_figure(rows, tolerance=params.sample_size.auto_tolerance,
-                                                  title=f"{study.model} on {study.dataset}: fidelity and "
-                                                        "speed-up vs number of examples"),
+    fidelity_page = write_report_page(sample_size_figure([without_timings(row) for row in rows],
+                                                         tolerance=params.sample_size.auto_tolerance,
+                                                         title=f"{study.model} on {study.dataset}: fidelity vs number "
+                                                               f"of examples (speed-ups: {TIMING_PAGE}, measured "
+                                                               "on each run's machine)"),
                                report_dir / "fidelity.html")
     summary = {"model": study.model, "dataset": study.dataset, "grid_points": grid.points, "reference_n": max(ns),
-               "by_n": {str(row["n"]): row for row in rows}, "auto": auto}
+               "by_n": {str(row["n"]): without_timings(row) for row in rows}, "auto": without_timings(auto)}
     pages = [compare_page, fidelity_page]
     if adaptive is not None:
         pages.append(publish_adaptive(root, study, adaptive, surfaces, grid, work))
-        summary["adaptive"] = adaptive[1]
+        summary["adaptive"] = without_timings(adaptive[1])
         mlflow.log_metrics({f"adaptive_{key}": float(value) for key, value in adaptive[1].items()
                             if isinstance(value, int | float) and value is not None})
-    write_json(root / METRICS_PATH, summary)
+    write_json(root / RESULTS_PATH, summary)
+    write_json(root / METRICS_PATH, headline(summary))
     write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
 
     for row in rows:
@@ -405,11 +446,56 @@ def publish(root: Path, params: Params, study: Study, surfaces: dict[int, Surfac
                            step=row["n"])
     mlflow.log_metrics({f"auto_{key}": float(value) for key, value in auto.items()
                         if isinstance(value, int | float) and value is not None})
-    for page in pages:
-        mlflow.log_artifact(str(page), "reports")
+    with self_contained_copies(pages) as copies:  # MLflow shows each page alone: plotly.js inlined
+        for page in copies:
+            mlflow.log_artifact(str(page), "reports")
     mlflow.log_artifact(str(root / METRICS_PATH))
+    mlflow.log_artifact(str(root / RESULTS_PATH), "results")
     mlflow.log_artifacts(str(surface_dir), "surfaces")
 
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """metrics/sample_size.json, what `dvc exp show` compares: Pearson r of ln(loss) at each n against the
+    reference, the smallest n reaching 0.99, the auto choice, the adaptive surface's checks (the full table:
+    results/sample_size.json)."""
+    by_n = {int(n): row for n, row in summary["by_n"].items()}
+    reference = summary["reference_n"]
+    settled = [n for n, row in sorted(by_n.items()) if n != reference and (row["pearson_ln_loss"] or 0) >= 0.99]
+    values = {"pearson_ln_loss": {f"n{n}": row["pearson_ln_loss"] for n, row in sorted(by_n.items()) if n != reference},
+              "settled_n": settled[0] if settled else None, "auto_n": summary["auto"]["n"]}
+    adaptive = summary.get("adaptive")
+    if adaptive:
+        values["adaptive"] = {"evaluated_fraction": adaptive["evaluated_fraction"],
+                              "spot_max_error": adaptive["spot_max_abs_ln_loss_error"]}
+    return values
+
+
+def publish_timings(root: Path, study: Study, rows: list[dict[str, Any]], auto: dict[str, Any],
+                    adaptive: tuple[Surface, dict[str, Any]] | None, point_rounds: dict[int, list[float]],
+                    params: Params) -> None:
+    """This machine's timings of this run: timings/sample_size.json and .html (speed-up vs n, with the spread of
+    the per-point time over rounds), also logged to the MLflow run. Never versioned: see the module's doc."""
+    reference = max(point_rounds) if point_rounds else None
+    spread = {}
+    for n, values in point_rounds.items():
+        speedups = [ref / value for ref, value in zip(point_rounds[reference], values, strict=True) if value > 0]
+        spread[str(n)] = {"seconds_per_point": values, "min": min(values), "median": float(np.median(values)),
+                          "max": max(values), "speedup_per_round": speedups,
+                          "speedup_min": min(speedups, default=None), "speedup_max": max(speedups, default=None)}
+    path = write_timings(root, STAGE, {
+        "what": "seconds per surface (wall, CPU) and per point (each round) at each n; speed-ups against the "
+                "largest n; measured on this machine in this run",
+        "by_n": {str(row["n"]): {key: row[key] for key in TIMING_KEYS if key in row} for row in rows},
+        "point_seconds_by_round": spread, "auto_pilot_seconds": auto.get("pilot_seconds"),
+        "adaptive": {key: adaptive[1].get(key) for key in ("seconds", "every_point_seconds_estimated",
+                                                           "speedup_estimated")} if adaptive else None})
+    rounds = len(next(iter(point_rounds.values()), []))
+    page = write_html(sample_size_figure(rows, tolerance=params.sample_size.auto_tolerance, title=(
+        f"{study.model} on {study.dataset}: fidelity and speed-up vs number of examples, MEASURED ON THIS MACHINE "
+        f"IN THIS RUN ({socket.gethostname()}, {time.strftime('%Y-%m-%d %H:%M')}); per point: best of {rounds} "
+        f"round(s), every round in {path.name}")), root / TIMING_PAGE)
+    mlflow.log_artifact(str(path), "timings")
+    mlflow.log_artifact(str(page), "timings")
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"

@@ -23,8 +23,16 @@ from lossviz.models import build_model
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig, train
-from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
-from pipelines.tracking import stage_run
+from pipelines.common import (
+    data_root,
+    repo_root,
+    resume_path,
+    stage_params,
+    write_json,
+    write_plot_table,
+    write_timings,
+)
+from pipelines.tracking import log_splits, log_torch_model, stage_run
 
 STAGE = "train"
 MODEL_PATH = Path("models/train/model.pt")
@@ -87,6 +95,7 @@ def main() -> int:
     run_name = f"{section.model}-{section.dataset}-bs{section.batch_size}"
     with stage_run("train", run_name, STAGE, root=root):
         mlflow.log_params(used_params(params))
+        log_splits(splits)
         mlflow.log_metrics({"batch_size": section.batch_size, "train_examples": len(splits.train)})
         result = train(model, splits, config, callbacks=[log_epoch], checkpoint_path=checkpoint)
         if result.resumed_from_epoch is not None:
@@ -104,7 +113,10 @@ def main() -> int:
                             if isinstance(value, int | float) and value is not None})
         mlflow.log_metric("train_seconds", result.seconds)
         mlflow.log_artifact(str(model_path), "checkpoint")
+        log_torch_model(model.cpu(), splits.test.x[:8].cpu())
         mlflow.log_artifact(str(metrics_path))
+        write_timings(root, STAGE, {"train_seconds": result.seconds,
+                                    "epoch_seconds": [record.seconds for record in result.history]})
     checkpoint.unlink(missing_ok=True)
     print(f"{STAGE}: {section.model} on {section.dataset}: epoch {result.final.epoch}, "
           f"test accuracy {result.final.test_acc:.4f}, {result.seconds:.0f} s")

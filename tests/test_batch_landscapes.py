@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from helpers_batch import EPOCHS, GRID, assert_self_contained, make_project, mlflow_client, stage_env, tiny_params
+from helpers_batch import EPOCHS, GRID, assert_offline_page, make_project, mlflow_client, stage_env, tiny_params
 from optuna.trial import TrialState
 
 from lossviz.figures import verdict_figure
@@ -36,9 +36,9 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    # the sweep: one trial per grid point, on a journal file that DVC keeps (persist)
+    # the sweep: one trial per grid point, on a journal file the checkout keeps (no DVC output: it records times)
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
-    assert {o["path"] for o in lock["batch_sweep"]["outs"]} == {"studies/batch_sweep", "models/batch_sweep"}
+    assert {o["path"] for o in lock["batch_sweep"]["outs"]} == {"models/batch_sweep"}
     assert "reports/batch_sweep" in {o["path"] for o in lock["batch_landscapes"]["outs"]}  # drawn there
     info = json.loads((tmp_path / "studies/batch_sweep/study.json").read_text())
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
@@ -79,7 +79,7 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
     assert parents[0].info.status == "FINISHED"
 
     # the landscapes and the verdict
-    verdict = json.loads((tmp_path / "metrics/batch_sweep.json").read_text())
+    verdict = json.loads((tmp_path / "results/batch_sweep.json").read_text())
     rows = [verdict["per_batch_size"][str(size)] for size in GRID]
     sweep = json.loads((tmp_path / "models/batch_sweep/sweep.json").read_text())
     trials = {t["batch_size"]: t for t in sweep["trials"]}
@@ -106,7 +106,7 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
     for size in GRID:
         assert f"batch size {size} · test acc {100 * trials[size]['final_test_acc']:.2f}%" in compare
     for page in ("compare.html", "verdict.html", "bs_00008.html"):
-        assert_self_contained(report / page)
+        assert_offline_page(report / page)
     assert "hessian_top_eigenvalue" in (report / "verdict.html").read_text()
 
     again = subprocess.run(["dvc", "repro", "batch_landscapes"], cwd=tmp_path, env=stage_env(),

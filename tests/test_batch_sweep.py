@@ -17,7 +17,7 @@ from helpers_batch import (
     EPOCHS,
     GRID,
     REPO,
-    assert_self_contained,
+    assert_offline_page,
     make_project,
     mlflow_client,
     run_stage,
@@ -155,7 +155,7 @@ def test_tpe_study_with_pruner_in_process(tracking):
     assert pages == ["history.html", "index.html", "intermediate_values.html", "slice.html"]
     assert sorted(page.name for page in written) == ["history.html", "intermediate_values.html", "slice.html"]
     for page in written:
-        assert_self_contained(page)
+        assert_offline_page(page)
 
 
 def test_changed_params_never_reuse_a_study(tracking):

@@ -138,6 +138,115 @@ def test_push_then_pull_in_a_new_clone_restores_identical_outputs(project, tmp_p
     assert "up to date" in status.stdout
 
 
+def file_states(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in root.rglob("*") if path.is_file()}
+
+
+def test_a_rerun_in_a_moved_copy_writes_the_same_bytes_and_only_there(project, tmp_path):
+    """Issue 17: the same code and params give the same bytes (every DVC output, metric and dvc.lock; git
+    status stays clean), and a `cp -a` of the checkout keeps working: a full `dvc repro -f` there (every stage
+    again, MLflow store and resume state included) writes nothing under the original and leaves no path of it
+    in the copy's runs, surfaces, models or reports."""
+    assert run(["git", "status", "--porcelain"], project).stdout == ""  # committed by the push test
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    run(["cp", "-a", str(project), str(moved)], tmp_path)
+    before = file_states(project)
+    run([str(BIN / "dvc"), "repro", "-f"], moved)
+    status = run(["git", "status", "--porcelain"], moved).stdout
+    assert status == "", f"a second run changed:\n{status}\n" + run(["git", "diff"], moved).stdout[-3000:]
+    assert file_states(project) == before, "the run in the copy wrote under the original checkout"
+    old = str(project).encode()
+    for folder in ("mlruns", "surfaces", "models", "reports", "results", "metrics"):
+        holding = [str(path.relative_to(moved)) for path in (moved / folder).rglob("*")
+                   if path.is_file() and old in path.read_bytes()]
+        assert holding == [], f"files holding the original checkout's path: {holding}"
+    from tests.helpers_project import mlflow_client
+
+    client = mlflow_client(moved)
+    experiments = client.search_experiments()
+    assert all(str(moved) in e.artifact_location for e in experiments if e.name != "Default")
+    assert (moved / "timings" / "sample_size.json").is_file() and (moved / "timings" / "sample_size.html").is_file()
+    timings = json.loads((moved / "timings" / "sample_size.json").read_text())
+    assert len(timings["point_seconds_by_round"]["5"]["seconds_per_point"]) >= 1
+    assert "timings/sample_size.html" in (moved / "reports" / "sample_size" / "fidelity.html").read_text()
+
+
+def test_dvc_metrics_are_a_few_dozen_headline_numbers(project):
+    """Issue 17: `dvc metrics show` and `dvc exp show` stay readable: a few dozen metric columns in all (the full
+    tables are outputs, results/*.json)."""
+    (workspace,) = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout).values()
+
+    def leaves(value) -> int:
+        return sum(leaves(item) for item in value.values()) if isinstance(value, dict) else 1
+
+    columns = {path: leaves(entry["data"]) for path, entry in workspace["data"].items()}
+    assert sum(columns.values()) <= 48, columns
+    assert max(columns.values()) <= 14, columns
+    import optuna  # the sweep's objective is named (optuna-dashboard, the study's pages)
+
+    journal = optuna.storages.journal.JournalFileBackend(str(project / "studies/batch_sweep/journal.log"))
+    study_name = json.loads((project / "models/batch_sweep/sweep.json").read_text())["study"]
+    study = optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(journal))
+    assert study.metric_names == ["val_acc"] and study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_every_run_has_params_and_data_and_logged_models_load(project):
+    """Issue 17: every MLflow run a stage made has its params, and every run that trained or evaluated its
+    dataset inputs; the reference model, each sweep trial and each ticket load with `mlflow.pytorch.load_model`
+    and give their checkpoint's outputs."""
+    import mlflow
+    import torch
+
+    from lossviz.checkpoints import load_model_weights
+    from lossviz.models import build_model
+    from tests.helpers_project import mlflow_client
+
+    client = mlflow_client(project)
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name != "Default"]
+    runs = client.search_runs(experiments, max_results=1000)
+    assert len(runs) > 10
+    for logged in runs:
+        name = f"{logged.info.run_name} ({logged.data.tags.get('dvc.stage')})"
+        assert logged.data.params, f"{name}: no params"
+        if logged.data.tags.get("dvc.stage") != "lottery_stability_pages":  # draws pages, reads no data
+            assert logged.inputs.dataset_inputs, f"{name}: no dataset inputs"
+            assert all(d.dataset.digest and "features_size" in d.dataset.profile for d in logged.inputs.dataset_inputs)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    try:
+        models = mlflow.search_logged_models(experiment_ids=experiments, output_format="list")
+        by_run = {model.source_run_id: model for model in models}
+
+        def checkpoint(tags: dict[str, str], params: dict[str, str]) -> tuple[str, Path, str] | None:
+            """The DVC checkpoint a run's logged model was made from and its architecture, by the kind of run."""
+            if tags.get("dvc.stage") == "train":
+                return "train", project / "models/train/model.pt", params["train.model"]
+            if tags.get("lossviz.role") == "trial":
+                size = int(tags["lossviz.batch_size"])
+                return "trial", project / f"models/batch_sweep/bs_{size:05d}/model.pt", params["model"]
+            if "lottery.level" in tags:
+                level = f"level_{int(tags['lottery.level']):02d}"
+                path = project / "models/lottery" / tags["lottery.kind"] / level / "model.pt"
+                return "ticket", path, params["lottery.model"]
+            return None
+
+        found = {}
+        for logged in runs:
+            if logged.info.run_id in by_run and (kind := checkpoint(logged.data.tags, logged.data.params)):
+                found.setdefault(kind[0], (by_run[logged.info.run_id], *kind[1:]))
+        assert set(found) == {"train", "trial", "ticket"}
+        inputs = torch.rand(3, 1, 28, 28)
+        for kind, (model_info, path, architecture) in found.items():
+            assert mlflow.models.get_model_info(model_info.model_uri).signature is not None, kind
+            loaded = mlflow.pytorch.load_model(model_info.model_uri).eval()
+            reference = load_model_weights(build_model(architecture, (1, 28, 28)), path).eval()
+            with torch.no_grad():
+                assert torch.equal(loaded(inputs), reference(inputs)), kind
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
     result = run([str(BIN / "dvc"), "exp", "run", "-n", "longer-train", "-S", "train.epochs=2"], project)
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
@@ -167,13 +276,14 @@ def test_dvc_plots_show_the_metrics_figures_and_render_offline(project, tmp_path
     train = plot_rows(plots, "train_curve")
     assert len(train) == metrics["train.json"]["stopped_epoch"]
     assert float(train[-1]["test_acc"]) == metrics["train.json"]["final_test_acc"]
+    results = {path.name: json.loads(path.read_text()) for path in (project / "results").glob("*.json")}
     fidelity = {int(r["n"]): float(r["pearson_ln_loss"]) for r in plot_rows(plots, "sample_size_fidelity")}
-    assert fidelity == {int(n): row["pearson_ln_loss"] for n, row in metrics["sample_size.json"]["by_n"].items()}
+    assert fidelity == {int(n): row["pearson_ln_loss"] for n, row in results["sample_size.json"]["by_n"].items()}
     accuracy = {int(r["batch_size"]): float(r["test_acc"]) for r in plot_rows(plots, "batch_size_accuracy")}
-    assert accuracy == {int(b): row["test_acc"] for b, row in metrics["batch_sweep.json"]["per_batch_size"].items()}
+    assert accuracy == {int(b): row["test_acc"] for b, row in results["batch_sweep.json"]["per_batch_size"].items()}
     lottery = plot_rows(plots, "lottery_accuracy")
     for kind in ("winning", "random"):
-        levels = metrics["lottery.json"][kind]
+        levels = results["lottery.json"][kind]
         assert {int(r["level"]): float(r[f"{kind}_test_acc"]) for r in lottery} == \
             {int(name.removeprefix("level_")): level["test_acc"] for name, level in levels.items()}
 

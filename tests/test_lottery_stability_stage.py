@@ -66,7 +66,7 @@ def test_dvc_repro_measures_barriers_logs_pairs_and_copies_and_writes_the_pages(
     run = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    metrics = json.loads((tmp_path / "metrics" / "lottery_stability.json").read_text())
+    metrics = json.loads((tmp_path / "results" / "lottery_stability.json").read_text())
     keys = [(kind, level, k) for kind in ("winning", "random") for level in (0, 1) for k in (0, 1)]
     for kind, level, k in keys:
         pair = PairResult.load(tmp_path / OUT / kind / f"level_0{level}" / f"k_{k}" / "pair_0")

@@ -63,7 +63,7 @@ def test_dvc_repro_runs_imp_logs_masks_and_draws_the_landscapes(tmp_path):
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    metrics = json.loads((tmp_path / "metrics" / "lottery.json").read_text())
+    metrics = json.loads((tmp_path / "results" / "lottery.json").read_text())
     out = tmp_path / "models" / "lottery"
     assert (out / "theta0.pt").is_file() and not list((tmp_path / "tmp" / "resume").glob("lottery-*"))
     for kind in ("winning", "random"):
@@ -112,7 +112,7 @@ def test_dvc_repro_runs_imp_logs_masks_and_draws_the_landscapes(tmp_path):
     surface = Surface.load(tmp_path / "surfaces" / "lottery_landscapes" / "random_level_02.h5")
     assert surface.meta["method"] == "random" and surface.meta["masked_directions"]
     assert surface.loss.shape == (5, 5)
-    shapes = json.loads((tmp_path / "metrics" / "lottery_landscapes.json").read_text())
+    shapes = json.loads((tmp_path / "results" / "lottery_landscapes.json").read_text())
     assert set(shapes["winning"]) == {"level_00", "level_02"} and "depth" in shapes["random"]["level_02"]
 
 

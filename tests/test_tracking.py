@@ -73,3 +73,35 @@ def test_a_killed_stage_s_run_is_closed_when_the_next_stage_starts(fresh_root):
     tracking.reclaim_run(client, runs["killed"])  # a resumed stage continues it
     resumed = client.get_run(runs["killed"])
     assert resumed.info.status == "RUNNING" and resumed.data.tags[tracking.PID_TAG] == str(os.getpid())
+
+
+def test_a_copied_store_points_at_its_new_checkout(fresh_root, tmp_path_factory, monkeypatch):
+    """Issue 17: MLflow records absolute artifact locations; a copy of the checkout (`cp -a`, `mv`) opened by a
+    stage points every location at itself, keeps its runs and artifacts, and writes nothing under the old one."""
+    import shutil
+    from pathlib import Path
+
+    (fresh_root / "fetched").mkdir()
+    import torch
+
+    with tracking.stage_run("demo", "before", stage="demo") as run:
+        mlflow.log_text("kept", "note.txt")
+        tracking.log_torch_model(torch.nn.Linear(3, 2), torch.rand(4, 3))  # its MLmodel records a location
+    copy = tmp_path_factory.mktemp("moved") / "checkout"
+    shutil.copytree(fresh_root, copy)
+    shutil.rmtree(fresh_root / "mlruns" / "artifacts")  # the old tree's artifacts are gone: only the copy's remain
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    tracking.ensure_store(copy)
+    client = MlflowClient()
+    assert client.get_experiment_by_name("demo").artifact_location == (copy / "mlruns" / "artifacts" / "demo").as_uri()
+    fetched = client.download_artifacts(run.info.run_id, "note.txt", str(copy / "fetched"))
+    assert Path(fetched).read_text() == "kept"
+    with mlflow.start_run(run_id=run.info.run_id):  # a resumed run logs into the copy
+        mlflow.log_text("more", "later.txt")
+    assert not (fresh_root / "mlruns" / "artifacts").exists()
+    assert any(p.name == "later.txt" for p in (copy / "mlruns" / "artifacts").rglob("*"))
+    holding = [path.name for path in (copy / "mlruns").rglob("*")
+               if path.is_file() and str(fresh_root).encode() in path.read_bytes()]
+    assert holding == []  # the database and the model's MLmodel
+    assert client.get_run(run.info.run_id).data.tags["mlflow.source.name"] != "" and \
+        not client.get_run(run.info.run_id).data.tags["mlflow.source.name"].startswith(str(fresh_root))

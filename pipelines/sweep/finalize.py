@@ -14,9 +14,19 @@ import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.sweep.layout import MODELS_DIR, PARENT_ATTR, RESULT_ATTR, RUN_ATTR, STAGE, STUDY_INFO_PATH, SUMMARY_PATH
+from pipelines.common import write_timings
+from pipelines.sweep.layout import (
+    MODELS_DIR,
+    PARENT_ATTR,
+    RESULT_ATTR,
+    RUN_ATTR,
+    RUN_FACTS,
+    STAGE,
+    STUDY_INFO_PATH,
+    SUMMARY_PATH,
+)
 from pipelines.sweep.settings import SweepError
-from pipelines.sweep.storage import liveness_of, redact
+from pipelines.sweep.storage import describe_storage, liveness_of, redact
 from pipelines.sweep.trials import checkpoint_dir, count_trials, fetch_checkpoint, trial_batch_size
 
 
@@ -48,7 +58,7 @@ def trained_checkpoints(study: optuna.Study, url: str, root: Path, log=print) ->
     done = completed_trials(study)
     trials = []
     for batch_size, trial in done.items():
-        result = dict(trial.user_attrs[RESULT_ATTR])
+        result = {key: value for key, value in trial.user_attrs[RESULT_ATTR].items() if key not in RUN_FACTS}
         path = checkpoint_dir(root, batch_size) / "model.pt"
         if not path.is_file() and fetch_checkpoint(trial, study.study_name, path.parent):
             log(f"{STAGE}: batch {batch_size}: checkpoint fetched from MLflow run {trial.user_attrs[RUN_ATTR]}")
@@ -69,15 +79,18 @@ def finalize(study: optuna.Study, settings: dict[str, Any], url: str, root: Path
     trials = trained_checkpoints(study, url, root, log)
     states = {state.name: count_trials(study, state) for state in TrialState}
     best = max(trials, key=lambda t: t["val_objective"]) if trials else None
-    summary = {"study": study.study_name, "storage": redact(url), "sampler": settings["sampler"],
+    summary = {"study": study.study_name, "storage": describe_storage(url, root), "sampler": settings["sampler"],
                "dataset": settings["dataset"], "model": settings["model"], "normalize": settings["normalize"],
                "seed": settings["seed"], "epochs": settings["train"]["epochs"], "trial_states": states,
                "best_batch_size": best["batch_size"] if best else None, "trials": trials}
     (root / SUMMARY_PATH).parent.mkdir(parents=True, exist_ok=True)
     (root / SUMMARY_PATH).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (root / STUDY_INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
-    (root / STUDY_INFO_PATH).write_text(json.dumps({"study": study.study_name, "storage": redact(url)},
+    (root / STUDY_INFO_PATH).write_text(json.dumps({"study": study.study_name, "storage": describe_storage(url, root)},
                                                    indent=2) + "\n")
+    write_timings(root, STAGE, {"trial_seconds": {  # the run facts outputs leave out (RUN_FACTS)
+        str(batch_size): {key: trial.user_attrs[RESULT_ATTR].get(key) for key in RUN_FACTS}
+        for batch_size, trial in completed_trials(study).items()}})
     with mlflow.start_run(run_id=study.user_attrs[PARENT_ATTR]):
         mlflow.log_artifact(str(root / SUMMARY_PATH))
         mlflow.log_metrics({f"trials_{name.lower()}": float(count) for name, count in states.items()})

@@ -29,3 +29,6 @@ LEASE_ATTR = "lossviz.lease"  # the lease file's name in the study's state direc
 RESULT_ATTR = "lossviz.result"  # the trained trial's summary (trial.json)
 WORKER_ATTR = "lossviz.worker"  # "host:pid" of the worker running it
 RESUME_ATTR = "lossviz.resume_file"  # the training checkpoint a retry resumes from
+# Facts of one run of a trial, kept in the study and MLflow but not in the DVC outputs, which must be the same
+# bytes whenever the same code and params run again (issue 17)
+RUN_FACTS = ("seconds", "mlflow_run_id", "resumed_from_epoch")

@@ -12,7 +12,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna import visualization
 
-from lossviz.pages import write_gallery, write_html
+from lossviz.pages import write_gallery, write_report_page
 from pipelines.sweep.settings import SweepError
 from pipelines.sweep.storage import open_storage, redact
 
@@ -40,7 +40,7 @@ def write_sweep_pages(study: optuna.Study, report: Path) -> list[Path]:
     """`report` afresh: one page per Optuna figure and an index. Returns the figure pages."""
     if report.exists():
         shutil.rmtree(report)
-    pages = [write_html(figure, report / f"{name}.html", title=f"{study.study_name}: {name.replace('_', ' ')}")
+    pages = [write_report_page(figure, report / f"{name}.html", title=f"{study.study_name}: {name.replace('_', ' ')}")
              for name, figure in optuna_figures(study).items()]
     write_gallery(report, title=f"Batch-size sweep {study.study_name}")
     return pages

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 
 from lossviz.params import BatchSweepParams, Params
-from pipelines.common import repo_root
+from pipelines.common import portable_path, repo_root
 from pipelines.sweep.layout import JOURNAL_PATH, LIVENESS_ATTR, STORAGE_ENV
 
 
@@ -24,6 +24,14 @@ def storage_url(params: Params, root: Path) -> str:
 def redact(url: str) -> str:
     """The URL without its password, for logs and run params."""
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def describe_storage(url: str, root: Path) -> str:
+    """The storage as recorded in outputs and runs: a journal file inside the repository relative to it (a
+    moved checkout stays valid), a database URL without its password."""
+    if is_database_url(url):
+        return redact(url)
+    return portable_path(url.removeprefix("journal:"), root)
 
 
 def is_database_url(url: str) -> bool:

@@ -9,6 +9,7 @@ every epoch. The objective is the final validation accuracy (maximized).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from lossviz.data import Splits
 from pipelines.common import repo_root
 from pipelines.sweep.layout import EXPERIMENT, LIVENESS_ATTR, N_TRIALS_ATTR, PARENT_ATTR, SETTINGS_ATTR, STAGE
 from pipelines.sweep.settings import SweepError, check_worker_checkout, differences, flat, load_sweep_splits
-from pipelines.sweep.storage import Liveness, is_database_url, liveness_of, open_storage, redact
+from pipelines.sweep.storage import Liveness, describe_storage, is_database_url, liveness_of, open_storage, redact
 from pipelines.sweep.trials import claim_trial, count_trials, queue_missing_points, recover_stale_trials, run_trial
 from pipelines.sweep.workers import sweep_workers
 from pipelines.tracking import ensure_store, get_experiment_id, run_tags
 
+OBJECTIVE = "val_acc"  # the study's one objective, maximized: the final validation accuracy
 POLL_SECONDS = 5.0  # how often the stage looks again while other workers finish their trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,7 +82,7 @@ def ensure_parent_run(study: optuna.Study, settings: dict[str, Any], url: str, n
     experiment_id = get_experiment_id(EXPERIMENT, root)
     run = client.create_run(experiment_id, run_name=study.study_name, tags={
         **run_tags(STAGE, root), "lossviz.study": study.study_name, "lossviz.role": "study"})
-    for key, value in {**flat(settings), "study_name": study.study_name, "storage": redact(url),
+    for key, value in {**flat(settings), "study_name": study.study_name, "storage": describe_storage(url, root),
                        "n_trials": n_trials}.items():
         client.log_param(run.info.run_id, key, value)
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
@@ -97,6 +99,10 @@ def setup_study(url: str, study_name: str, settings: dict[str, Any], n_trials: i
     with sweep_workers(url, study_name, root).turn():
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
+        if study.metric_names != [OBJECTIVE]:  # named in optuna-dashboard and the study's pages
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([OBJECTIVE])
         liveness = asdict(liveness or Liveness.from_params())
         if study.user_attrs.get(LIVENESS_ATTR) != liveness:
             study.set_user_attr(LIVENESS_ATTR, liveness)

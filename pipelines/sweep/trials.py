@@ -41,13 +41,14 @@ from pipelines.sweep.layout import (
     RESULT_ATTR,
     RESUME_ATTR,
     RUN_ATTR,
+    RUN_FACTS,
     STAGE,
     WORKER_ATTR,
 )
 from pipelines.sweep.settings import flat
 from pipelines.sweep.storage import liveness_of
 from pipelines.sweep.workers import Hold, Workers, worker_id
-from pipelines.tracking import stage_run
+from pipelines.tracking import log_splits, log_torch_model, stage_run
 
 # ------------------------------------------------------------------------------------------- the queue
 
@@ -142,7 +143,8 @@ def checkpoint_dir(root: Path, batch_size: int) -> Path:
 
 
 def write_trial_file(out: Path, study_name: str, summary: dict[str, Any]) -> None:
-    (out / "trial.json").write_text(json.dumps({"study": study_name, **summary}, indent=2, sort_keys=True) + "\n")
+    kept = {key: value for key, value in summary.items() if key not in RUN_FACTS}
+    (out / "trial.json").write_text(json.dumps({"study": study_name, **kept}, indent=2, sort_keys=True) + "\n")
 
 
 def fetch_checkpoint(trial: FrozenTrial, study_name: str, out: Path) -> bool:
@@ -200,6 +202,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
         mlflow.log_params({**flat(settings), "batch_size": batch_size, "device": device,
                            "trial_number": trial.number, "study_name": study.study_name})
         steps = math.ceil(len(splits.train) / batch_size)
+        log_splits(splits)
         mlflow.log_metrics({"batch_size": batch_size, "log2_batch_size": math.log2(batch_size),
                             "train_examples": len(splits.train), "steps_per_epoch": steps})
         try:
@@ -228,6 +231,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
                             if isinstance(value, int | float) and value is not None})
         mlflow.log_metric("train_seconds", result.seconds)
         mlflow.log_artifact(str(model_path), CHECKPOINT_ARTIFACT.parent.as_posix())
+        log_torch_model(model.cpu(), splits.test.x[:8].cpu())
         trial.set_user_attr(RESULT_ATTR, summary)
         mlflow.set_tag("optuna.trial_state", "COMPLETE")
         study.tell(trial, result.final.val_acc)
