@@ -1,13 +1,13 @@
 """Render the README screenshots (docs/surface.png, docs/compare.png, docs/index.png) from viewer pages in
 headless Chromium.
 
-    .venv/bin/python scripts/screenshots.py [--out docs] [--mlflow-store mlruns/mlflow.db]
+    .venv/bin/python scripts/screenshots.py [--out docs] [--report reports/index.html]
+        [--mlflow-store mlruns/mlflow.db]
 
 The surfaces are synthetic (tests/helpers_browser.bowl_surface), so the pictures need no trained model
 and come out the same on every run: one surface page, and a comparison of winning and random tickets at
-four sparsities whose minima sharpen and roughen as pruning goes on; docs/index.png is a report index
-(thumbnails, the claims with verdicts, the training state and its warning) over those pages, from made-up
-metrics of the shape the stages write. With `--mlflow-store` (the store a
+four sparsities whose minima sharpen and roughen as pruning goes on. With `--report` (a real run's
+reports/index.html, never made-up numbers), also docs/report.png; with `--mlflow-store` (the store a
 `dvc repro` wrote), also docs/mlflow.png: the MLflow UI comparing the batch sweep's trial runs.
 """
 
@@ -24,13 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the CDP helper the browser tests use
-sys.path.insert(0, str(ROOT))  # pipelines.report: the claims and verdicts of the index
 
 from helpers_browser import Browser, bowl_surface  # noqa: E402
 from helpers_servers import api, mlflow_server  # noqa: E402
 
 from lossviz import figures, pages  # noqa: E402
-from pipelines import report  # noqa: E402
 
 READY = "document.getElementById('plot') && document.getElementById('plot').dataset.ready === '1'"
 
@@ -48,26 +46,6 @@ def comparison_surfaces() -> tuple[list, list[str]]:
             titles.append(f"{method} · {remaining:g}% weights · test acc {accuracy:.1f}%")
     order = [i for i in range(0, 8, 2)] + [i for i in range(1, 8, 2)]  # winning tickets on the top row
     return [surfaces[i] for i in order], [titles[i] for i in order]
-
-
-def example_index(folder: Path, surface, surfaces: list, titles: list[str]) -> Path:
-    """A report folder like a run's (pages sharing plotly.js) and its index, from made-up metrics."""
-    pages.write_report_page(figures.surface_figure(surface, title="IMP ticket, 26.2% weights"),
-                            folder / "lottery_landscapes" / "surface.html")
-    pages.write_report_page(figures.compare_figure(surfaces, titles, title="Winning (IMP) vs random tickets"),
-                            folder / "lottery_landscapes" / "compare.html")
-    rows = [{"n": n, "pearson_ln_loss": r, "rmse_ln_loss": 0.0 if n == 1000 else e, "speedup": 1000 / n * 0.8,
-             "mean_ln_loss_se": e / 2, "max_ln_loss_se": e} for n, r, e in
-            ((10, 0.91, 0.3), (50, 0.97, 0.12), (250, 0.995, 0.05), (1000, 1.0, 0.02))]
-    pages.write_report_page(figures.sample_size_figure(rows, tolerance=0.05), folder / "sample_size" / "fidelity.html")
-    per = {str(b): {"batch_size": b, "test_acc": t, "train_acc": a, "train_loss": loss}
-           for b, t, a, loss in ((32, 0.885, 0.97, 0.09), (256, 0.89, 0.95, 0.14), (4000, 0.47, 0.49, 1.41))}
-    correlations = {"flatness": {"test_error": {"spearman": 0.5, "p_value": 0.67}}}
-    claims = (report.sample_size_claims({"by_n": {str(row["n"]): {**row, "argmin_distance": 0.0} for row in rows}})
-              + report.batch_claims({"per_batch_size": per, "correlations": correlations}))
-    tables, warnings = report.training_state_of(per)
-    return pages.write_gallery(folder, folder / "index.html", title="lossviz: the seed paper's claims, measured",
-                               summary=claims, tables=tables, warnings=warnings, with_thumbnails=True)
 
 
 def shoot(browser: Browser, page_path: Path, png_path: Path, width: int, height: int,
@@ -136,6 +114,7 @@ def shoot_mlflow(browser: Browser, store: Path, png_path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--report", type=Path, default=None, help="a run's reports/index.html for docs/report.png")
     parser.add_argument("--mlflow-store", type=Path, default=None, help="an MLflow SQLite store for docs/mlflow.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +128,10 @@ def main() -> int:
                          folder / "surface.html")
         pages.write_html(figures.compare_figure(surfaces, titles, title="Winning (IMP) vs random tickets"),
                          folder / "compare.html")
-        index = example_index(folder / "reports", surface, surfaces, titles)
         shoot(browser, folder / "surface.html", args.out / "surface.png", 1200, 860)
         shoot(browser, folder / "compare.html", args.out / "compare.png", 1600, 1400)
-        shoot(browser, index, args.out / "index.png", 1400, 1300, ready=None)
+        if args.report is not None:
+            shoot(browser, args.report.resolve(), args.out / "report.png", 1400, 1300, ready=None)
         if args.mlflow_store is not None:
             shoot_mlflow(browser, args.mlflow_store, args.out / "mlflow.png")
     return 0

@@ -55,6 +55,38 @@ def mlflow_server(backend_store_uri: str, cwd: Path, env: dict[str, str], *extra
             server.wait()
 
 
+@contextmanager
+def optuna_dashboard(storage: str, timeout: float = 120) -> Iterator[str]:
+    """`optuna-dashboard` on 127.0.0.1 and a free port over `storage` (a journal file or a database URL) until
+    the block ends; yields its URL once /api/studies answers."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise RuntimeError(f"optuna-dashboard did not start: {server.communicate()[1][-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def api(url: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})

@@ -25,6 +25,7 @@ from helpers_batch import (
     stage_env,
     tiny_params,
 )
+from helpers_servers import api, optuna_dashboard
 from optuna.trial import TrialState
 
 from lossviz.params import parse_params
@@ -144,6 +145,11 @@ def test_tpe_study_with_pruner_in_process(tracking):
         assert 1 <= len(trial.intermediate_values) <= 2  # val accuracy reported every epoch
     summary = finalize(load_sweep_study(url, name, root)[0], settings, url, root)
     assert summary["sampler"] == "tpe" and summary["trials"]
+    with optuna_dashboard(url) as dashboard:  # the README's way to browse the study live
+        listed = {study["study_name"]: study for study in api(dashboard, "/api/studies")["study_summaries"]}
+        assert name in listed and listed[name]["directions"] == ["maximize"]
+        detail = api(dashboard, f"/api/studies/{listed[name]['study_id']}")
+        assert detail["objective_names"] == ["val_acc"] and len(detail["trials"]) == 4
     assert not (root / REPORT_DIR).exists()  # the sweep stage only trains: batch_landscapes draws its pages
 
     finished = load_finished_study(url, name, root)  # as batch_landscapes reads it back from the storage
