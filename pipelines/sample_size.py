@@ -371,8 +371,9 @@ def adaptive_study(params: Params, study: Study, model: nn.Module, test: TensorS
                             batch_size=section.batch_size, device=params.device) as evaluate:
             check = spot_check(surface, evaluate, section.adaptive_spot_checks, seed=params.seed)
     every_point = point_seconds.get(n, 0.0) * certificate.drawn
-    record = {"grid_points": size, "n": n, "tolerance": section.adaptive_tolerance,
-              **{key.removeprefix("adaptive_"): value for key, value in certificate.meta().items()},
+    record = {**{key.removeprefix("adaptive_"): value for key, value in certificate.meta().items()},
+              "grid_points_total": certificate.grid_points, "grid_points": size,  # per axis, as the params say
+              "n": n, "tolerance": section.adaptive_tolerance,
               "evaluations": certificate.evaluations, "evaluated_fraction": certificate.evaluated_fraction,
               "summary": certificate.summary(), "seconds": seconds,
               "every_point_seconds_estimated": every_point or None,

@@ -119,6 +119,7 @@ def test_dvc_repro_sample_size_writes_every_output_and_the_mlflow_run(tmp_path):
     adaptive = Surface.load(tmp_path / "surfaces" / "sample_size" / "adaptive.h5")  # 33×33 beside n = 20's 5×5
     assert adaptive.shape == (33, 33) and adaptive.interpolated.any() and metrics["adaptive"]["compared_with_n"] == 20
     assert metrics["adaptive"]["spot_within_certificate"] and metrics["adaptive"]["max_error"] <= 0.05
+    assert (metrics["adaptive"]["grid_points"], metrics["adaptive"]["grid_points_total"]) == (33, 33 * 33)
     surfaces_logged = {a.path for a in client.list_artifacts(logged.info.run_id, "surfaces")}
     assert "surfaces/n_00060.h5" in surfaces_logged and "surfaces/directions.h5" in surfaces_logged
     assert "sample_size.json" in {a.path for a in client.list_artifacts(logged.info.run_id)}
