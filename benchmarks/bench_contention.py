@@ -6,7 +6,8 @@ ratio of the quiet figure measured in the same run, for each CPU thread policy:
               wait policy (a thread at a barrier spins before it sleeps)
   one-thread  a single thread (nothing to wait for), OMP_WAIT_POLICY=PASSIVE
   lossviz     the policy now: `lossviz.runtime.prepare_cpu_environment` before torch loads (as the `lossviz`
-              command does: OMP_WAIT_POLICY=PASSIVE, a waiting thread sleeps at once), then
+              command and the stages do: OMP_WAIT_POLICY=PASSIVE, a waiting thread sleeps at once, when
+              other running tasks fill the cores at start, else libgomp's default), then
               `lossviz.runtime.configure_cpu` (one thread per usable core)
 
 Each figure comes from a fresh process (libgomp reads its wait policy when it loads), started after the

@@ -43,12 +43,30 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def prepare_cpu_environment() -> None:
-    """Before torch loads (the `lossviz` command calls it first): OpenMP threads that wait sleep at once
-    (OMP_WAIT_POLICY=PASSIVE) instead of spinning, unless the environment already says. Beside busy
+    """Before torch loads (the `lossviz` command and every stage call it first): on a machine that is already
+    busy, OpenMP threads that wait sleep at once (OMP_WAIT_POLICY=PASSIVE) instead of spinning; on a quiet one
+    libgomp's default stays (spin briefly, then sleep), unless the environment already says. Beside busy
     neighbours a spinning thread burns the time slices its sibling needs to reach the barrier and throughput
-    collapses; sleeping threads keep most of it (benchmarks/bench_contention.py). libgomp reads the setting
-    once, when torch loads it."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    collapses; but sleeping threads are slow to wake, which halved quiet training at batch 16
+    (benchmarks/bench_contention.py). The wait policy changes timing only, never results; libgomp reads it
+    once, when torch loads it, so it follows the load at start."""
+    if "OMP_WAIT_POLICY" not in os.environ and machine_is_busy(other_running_tasks(), usable_cores()):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def machine_is_busy(others: int, cores: int) -> bool:
+    """Busy: other tasks ready to run fill every core this process could use."""
+    return others >= cores
+
+
+def other_running_tasks() -> int:
+    """Tasks running or ready to run on the machine now, this process excluded (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            running = next(int(line.split()[1]) for line in stat if line.startswith("procs_running"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+    return max(running - 1, 0)
 
 
 def usable_cores() -> int:
