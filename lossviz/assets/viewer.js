@@ -128,14 +128,14 @@
     return redraw();
   }
 
-  function addSharedToggle() {
+  function addCheckbox(id, text, title, onChange) {
     const label = document.createElement("label");
-    label.title = "one z range and colour scale for every surface, or each its own (Z)";
+    label.title = title;
     const box = document.createElement("input");
     box.type = "checkbox";
-    box.id = "shared-z";
-    box.addEventListener("change", event => setSharedZ(event.target.checked));
-    label.append(box, " shared z scale");
+    box.id = id;
+    box.addEventListener("change", event => onChange(event.target.checked));
+    label.append(box, " " + text);
     document.getElementById("controls").appendChild(label);
   }
 
@@ -143,17 +143,6 @@
     settings.evaluated_only = on;
     const visible = adaptiveSurfaces.map(() => !on).concat(evaluatedIndices.map(() => on));
     return Plotly.restyle(plot, {visible: visible}, adaptiveSurfaces.concat(evaluatedIndices)).then(showState);
-  }
-
-  function addEvaluatedToggle() {
-    const label = document.createElement("label");
-    label.title = "show only the points that were evaluated, not interpolated (E)";
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.id = "evaluated-only";
-    box.addEventListener("change", event => setEvaluatedOnly(event.target.checked));
-    label.append(box, " evaluated points only");
-    document.getElementById("controls").appendChild(label);
   }
 
   function showState() {
@@ -207,8 +196,14 @@
       settings.contours = event.target.checked; redraw();
     });
     document.getElementById("reset-camera").addEventListener("click", resetCamera);
-    if (evaluatedIndices.length) addEvaluatedToggle();
-    if (surfaceIndices.length > 1) addSharedToggle();
+    if (evaluatedIndices.length) {
+      addCheckbox("evaluated-only", "evaluated points only",
+                  "show only the points that were evaluated, not interpolated (E)", setEvaluatedOnly);
+    }
+    if (surfaceIndices.length > 1) {
+      addCheckbox("shared-z", "shared z scale", "one z range and colour scale for every surface, or each its own (Z)",
+                  setSharedZ);
+    }
     // When a drag ends, not at each of its steps: redrawing every other scene per step is slow in software
     // WebGL with the rim's 2-D meshes; the other scenes follow once the mouse is released.
     plot.on("plotly_relayout", syncCameras);
