@@ -170,6 +170,10 @@ class BatchSweepParams(TrainingSettings):
     lr_plateau: bool = True
     max_train_examples: ExampleLimit = 4000
     train_eval_examples: EvalExamples = 2000
+    # The converged protocol (stages batch_sweep_converged, batch_landscapes_converged): every batch size trained
+    # with early stopping on validation loss (the best epoch's weights), at most this many epochs
+    converged_max_epochs: int = Field(default=10, ge=1)
+    converged_patience: int = Field(default=2, ge=1)  # epochs without a lower validation loss before it stops
     storage: str | None = None      # Optuna storage URL; None: the journal file studies/batch_sweep/
     study_name: str | None = None   # None: derived from a digest of everything that shapes the trials
     # Database storage (PostgreSQL: workers on several machines): a running trial's worker records a heartbeat

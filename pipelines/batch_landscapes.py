@@ -14,6 +14,10 @@ page plus its measures logged to the sweep's child run of that batch size, found
 (`lossviz.study`, `lossviz.batch_size`, `optuna.trial_state` = COMPLETE); the Optuna pages to the study's
 parent run.
 
+Protocols (`--protocol`): `fixed` measures the `batch_sweep` stage's models into the paths above; `converged`
+(stage `batch_landscapes_converged`) those of `batch_sweep_converged`, into the same paths with `_converged`
+added (`Outputs`).
+
 Resume: surfaces are flushed point by point, and Hessian measures saved per batch size, under
 `tmp/resume/batch_landscapes-<digest>/` (named by the params and the sweep's summary), so a killed run
 continues where it stopped; the directory goes once the outputs are written.
@@ -21,10 +25,12 @@ continues where it stopped; the directory goes once the outputs are written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +54,35 @@ from lossviz.sharpness import MEASURES, TARGETS, generalization_gap, measure_min
 from lossviz.surface import Surface
 from pipelines.common import data_root, repo_root, resume_path, stage_params, write_json, write_plot_table
 from pipelines.sweep.layout import EXPERIMENT as SWEEP_EXPERIMENT
-from pipelines.sweep.layout import PARENT_ATTR, SUMMARY_PATH
-from pipelines.sweep.layout import REPORT_DIR as SWEEP_REPORT_DIR
+from pipelines.sweep.layout import PARENT_ATTR, PROTOCOLS, Protocol
 from pipelines.sweep.pages import load_finished_study, write_sweep_pages
 from pipelines.sweep.settings import SweepError
 from pipelines.sweep.storage import storage_url
 from pipelines.tracking import ensure_store, log_inputs, split_inputs, stage_run
 
-STAGE = "batch_landscapes"
-SURFACE_DIR = Path("surfaces/batch_landscapes")
-REPORT_DIR = Path("reports/batch_landscapes")
-METRICS_PATH = Path("metrics/batch_sweep.json")  # headline numbers (`dvc metrics show`)
-RESULTS_PATH = Path("results/batch_sweep.json")  # the verdict in full: every row, every correlation
-PLOT_PATH = Path("metrics/batch_sweep.csv")  # accuracy, gaps and sharpness vs batch size
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the stage of one training protocol (`pipelines.sweep.layout.PROTOCOLS`) writes: the fixed
+    protocol's names below, the converged protocol's with `_converged` added."""
+    protocol: Protocol
+    stage: str
+    surfaces: Path
+    report: Path
+    metrics: Path  # headline numbers (`dvc metrics show`)
+    results: Path  # the verdict in full: every row, every correlation
+    plot: Path  # accuracy, gaps and sharpness vs batch size
+
+    @classmethod
+    def of(cls, protocol: Protocol) -> Outputs:
+        suffix = protocol.suffix
+        return cls(protocol, f"batch_landscapes{suffix}", Path(f"surfaces/batch_landscapes{suffix}"),
+                   Path(f"reports/batch_landscapes{suffix}"), Path(f"metrics/batch_sweep{suffix}.json"),
+                   Path(f"results/batch_sweep{suffix}.json"), Path(f"metrics/batch_sweep{suffix}.csv"))
+
+
+OUTPUTS = {name: Outputs.of(protocol) for name, protocol in PROTOCOLS.items()}
+STAGE_MODULE = "batch_landscapes"  # pipelines.<this>: every protocol's stage runs it
 PLOT_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", "depth", "flatness",
                 "centre_curvature", "convex_fraction", "hessian_top_eigenvalue", "hessian_trace")
 ROW_COLUMNS = ("batch_size", "test_acc", "train_acc", "gap_acc", "gap_loss", *MEASURES)  # verdict.html
@@ -71,19 +93,19 @@ class LandscapeError(RuntimeError):
     """The stage cannot run as asked; the message says why and what to do."""
 
 
-def read_sweep(root: Path) -> dict[str, Any]:
-    path = root / SUMMARY_PATH
+def read_sweep(root: Path, out: Outputs) -> dict[str, Any]:
+    path = root / out.protocol.summary_path
     if not path.is_file():
-        raise LandscapeError(f"{path}: not found; run the `batch_sweep` stage first")
+        raise LandscapeError(f"{path}: not found; run the `{out.protocol.stage}` stage first")
     summary = json.loads(path.read_text())
     if not summary.get("trials"):
         raise LandscapeError(f"{path}: the sweep has no completed trial")
     return summary
 
 
-def read_inputs(root: Path, params: Params) -> tuple[dict[str, Any], Splits, optuna.Study]:
+def read_inputs(root: Path, params: Params, out: Outputs) -> tuple[dict[str, Any], Splits, optuna.Study]:
     """The sweep's summary, its test set (checked against `n_examples`) and its finished Optuna study."""
-    summary = read_sweep(root)
+    summary = read_sweep(root, out)
     splits = load_splits(data_root(root), summary["dataset"], 0, summary["seed"], summary["normalize"])
     n_examples = params.batch_landscapes.n_examples
     if n_examples > len(splits.test):
@@ -94,8 +116,15 @@ def read_inputs(root: Path, params: Params) -> tuple[dict[str, Any], Splits, opt
 
 def resume_dir(root: Path, params: Params, summary: dict[str, Any]) -> Path:
     """Named by everything that shapes the surfaces: this stage's params, the sweep and its checkpoints."""
-    return resume_path(root, STAGE, {"landscapes": params.batch_landscapes.model_dump(), "sweep": summary},
+    return resume_path(root, STAGE_MODULE, {"landscapes": params.batch_landscapes.model_dump(), "sweep": summary},
                        [root / trial["checkpoint"] for trial in summary["trials"]])
+
+
+def protocol_label(summary: dict[str, Any]) -> str:
+    """How the compared models were trained, for titles: `3 epochs each` or `early-stopped, ≤ 10 epochs`."""
+    if summary.get("early_stopping"):
+        return f"early-stopped on validation loss, ≤ {summary['epochs']} epochs"
+    return f"{summary['epochs']} epochs each"
 
 
 def trial_title(trial: dict[str, Any]) -> str:
@@ -137,18 +166,20 @@ def measure_trial(trial: dict[str, Any], summary: dict[str, Any], params: Params
            "test_error": 1 - trial["final_test_acc"], "test_loss": trial["final_test_loss"],
            "train_acc": trial.get("final_train_acc", nan), "train_loss": trial.get("final_train_loss", nan),
            "val_acc": trial["final_val_acc"], **gap, **sharpness_measures(shape, hessian),
-           "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"]}
+           "hessian_trace_se": hessian["hessian_trace_se"], "centre_loss": shape["centre_loss"],
+           # how far training went: whether a compared model converged (early stopping ended it) or ran out
+           **{key: trial.get(key) for key in ("stopped_epoch", "stopped_early", "best_epoch", "iterations")}}
     return surface, row
 
 
 def measure_trials(trials: list[dict[str, Any]], summary: dict[str, Any], params: Params, splits: Splits,
-                   work: Path, root: Path) -> tuple[list[Surface], list[dict[str, Any]]]:
+                   work: Path, root: Path, out: Outputs) -> tuple[list[Surface], list[dict[str, Any]]]:
     """Every trained batch size's surface and row of measures, in the order of `trials`."""
     section = params.batch_landscapes
     xs = np.linspace(-section.extent, section.extent, section.grid_points)
     surfaces, rows = [], []
     for trial in trials:
-        print(f"{STAGE}: batch size {trial['batch_size']}: surface {section.grid_points}² on "
+        print(f"{out.stage}: batch size {trial['batch_size']}: surface {section.grid_points}² on "
               f"{section.n_examples} test examples, Hessian", flush=True)
         surface, row = measure_trial(trial, summary, params, splits, xs, work, root)
         surfaces.append(surface)
@@ -166,11 +197,12 @@ def write_pages(report: Path, summary: dict[str, Any], trials: list[dict[str, An
     compare = write_report_page(compare_figure(surfaces, [trial_title(t) for t in trials], metrics=table_metrics,
                                         columns=min(len(surfaces), 5),
                                         title=f"Loss surfaces by batch size ({summary['model']}, "
-                                              f"{summary['dataset']})"),
+                                              f"{summary['dataset']}; {protocol_label(summary)})"),
                          report / "compare.html")
     directions = {name: way for name, (_, way) in MEASURES.items()}
     verdict = write_report_page(verdict_figure(rows, ROW_COLUMNS, table, directions, list(TARGETS),
-                                        title=f"Sharpness vs generalization across batch sizes ({summary['study']})"),
+                                        title=f"Sharpness vs generalization across batch sizes "
+                                              f"({protocol_label(summary)}; {summary['study']})"),
                          report / "verdict.html")
     write_gallery(report, title="Batch-size landscapes")
     return pages, [compare, verdict]
@@ -186,7 +218,9 @@ def verdict_metrics(summary: dict[str, Any], section: BatchLandscapesParams, row
     measured how."""
     best = max(rows, key=lambda row: row["test_acc"])
     return {"study": summary["study"], "model": summary["model"], "dataset": summary["dataset"],
-            "epochs": summary.get("epochs"), "best_batch_size_by_test_acc": best["batch_size"],
+            "protocol": summary.get("protocol", "fixed"), "epochs": summary.get("epochs"),
+            "early_stopping": summary.get("early_stopping", False),
+            "best_batch_size_by_test_acc": best["batch_size"],
             "per_batch_size": {str(row["batch_size"]): row for row in rows}, "correlations": result["table"],
             "verdict": {"sentence": result["sentence"], **{key: result.get(key) for key in VERDICT_COUNTS}},
             "measures": {name: f"{what} ({way})" for name, (what, way) in MEASURES.items()},
@@ -209,12 +243,13 @@ def headline(full: dict[str, Any]) -> dict[str, Any]:
             "significant_after_holm": len(significant) if isinstance(significant, list) else significant}
 
 
-def write_outputs(root: Path, work: Path, params: Params, summary: dict[str, Any], trials: list[dict[str, Any]],
+def write_outputs(root: Path, out: Outputs, work: Path, params: Params, summary: dict[str, Any],
+                  trials: list[dict[str, Any]],
                   surfaces: list[Surface], rows: list[dict[str, Any]],
                   result: dict[str, Any]) -> tuple[dict[int, Path], list[Path], Path]:
     """The stage's DVC outputs afresh: surfaces, pages, the verdict's metrics and plot table. Returns the
     surface pages by batch size, the stage's summary pages and the metrics file."""
-    surface_dir, report = root / SURFACE_DIR, root / REPORT_DIR
+    surface_dir, report = root / out.surfaces, root / out.report
     for directory in (surface_dir, report):
         if directory.exists():
             shutil.rmtree(directory)
@@ -224,9 +259,9 @@ def write_outputs(root: Path, work: Path, params: Params, summary: dict[str, Any
         shutil.copy2(work / name, surface_dir / name)
     pages, summary_pages = write_pages(report, summary, trials, surfaces, rows, result["table"])
     full = verdict_metrics(summary, params.batch_landscapes, rows, result)
-    metrics_path = write_json(root / RESULTS_PATH, full)
-    write_json(root / METRICS_PATH, headline(full))
-    write_plot_table(root / PLOT_PATH, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
+    metrics_path = write_json(root / out.results, full)
+    write_json(root / out.metrics, headline(full))
+    write_plot_table(root / out.plot, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
     return pages, summary_pages, metrics_path
 
 
@@ -248,12 +283,12 @@ def sweep_parent_run(client: MlflowClient, study: optuna.Study) -> str | None:
         return None
 
 
-def log_stage_run(root: Path, summary: dict[str, Any], section: BatchLandscapesParams, rows: list[dict[str, Any]],
-                  inputs: list[Any],
+def log_stage_run(root: Path, out: Outputs, summary: dict[str, Any], section: BatchLandscapesParams,
+                  rows: list[dict[str, Any]], inputs: list[Any],
                   table: dict[str, Any], artifacts: list[Path]) -> None:
     """This stage's MLflow run: params, every row's measures by batch size, the correlations, `artifacts`."""
-    with stage_run(STAGE, summary["study"], STAGE, root=root):
-        mlflow.set_tag("lossviz.study", summary["study"])
+    with stage_run("batch_landscapes", summary["study"], out.stage, root=root):  # one experiment, both protocols
+        mlflow.set_tags({"lossviz.study": summary["study"], "lossviz.protocol": out.protocol.name})
         log_inputs(inputs)
         mlflow.log_params({f"batch_landscapes.{k}": v for k, v in section.model_dump().items()})
         for row in rows:
@@ -267,7 +302,7 @@ def log_stage_run(root: Path, summary: dict[str, Any], section: BatchLandscapesP
                 mlflow.log_artifact(str(artifact))
 
 
-def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages: dict[int, Path],
+def log_to_sweep_runs(out: Outputs, summary: dict[str, Any], rows: list[dict[str, Any]], pages: dict[int, Path],
                       study: optuna.Study, sweep_pages: list[Path]) -> None:
     """Each surface page and its measures to the sweep's run of that batch size; the Optuna pages to the
     study's parent run. A run that cannot be found is named on stderr and skipped."""
@@ -277,7 +312,7 @@ def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages
         run_id = (find_trial_run(client, sweep_experiment.experiment_id, summary["study"], row["batch_size"])
                   if sweep_experiment is not None else None)
         if run_id is None:
-            print(f"{STAGE}: no MLflow run of batch size {row['batch_size']} in study {summary['study']}; "
+            print(f"{out.stage}: no MLflow run of batch size {row['batch_size']} in study {summary['study']}; "
                   "its page is not logged there", file=sys.stderr)
             continue
         with self_contained_copies([pages[row["batch_size"]]]) as (page,):
@@ -286,48 +321,54 @@ def log_to_sweep_runs(summary: dict[str, Any], rows: list[dict[str, Any]], pages
                                           for key in LOGGED_MEASURES if math.isfinite(float(row[key]))])
     parent = sweep_parent_run(client, study)
     if parent is None:
-        print(f"{STAGE}: no MLflow parent run of study {summary['study']}; its Optuna pages are only in "
-              f"{SWEEP_REPORT_DIR}", file=sys.stderr)
+        print(f"{out.stage}: no MLflow parent run of study {summary['study']}; its Optuna pages are only in "
+              f"{out.protocol.report_dir}", file=sys.stderr)
         return
     with self_contained_copies(sweep_pages) as copies:
         for page in copies:
             client.log_artifact(parent, str(page), "optuna")
 
 
-def print_verdict(rows: list[dict[str, Any]], table: dict[str, Any]) -> None:
-    print(f"{STAGE}: {'batch':>6} {'test acc':>8} " + " ".join(f"{m:>22}" for m in MEASURES))
+def print_verdict(out: Outputs, rows: list[dict[str, Any]], table: dict[str, Any]) -> None:
+    print(f"{out.stage}: {'batch':>6} {'test acc':>8} " + " ".join(f"{m:>22}" for m in MEASURES))
     for row in rows:
-        print(f"{STAGE}: {row['batch_size']:>6} {row['test_acc']:>8.4f} "
+        print(f"{out.stage}: {row['batch_size']:>6} {row['test_acc']:>8.4f} "
               + " ".join(f"{row[m]:>22.4g}" for m in MEASURES))
     for measure, targets in table.items():
-        print(f"{STAGE}: spearman {measure:>22}: " + ", ".join(
+        print(f"{out.stage}: spearman {measure:>22}: " + ", ".join(
             f"{t} {cell['spearman']:+.2f} (p={cell['p_value']:.2f})" for t, cell in targets.items()))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.batch_landscapes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=list(OUTPUTS), default="fixed",
+                        help="the sweep whose models to measure: fixed (stage batch_landscapes) or converged "
+                             "(stage batch_landscapes_converged) (default: %(default)s)")
+    out = OUTPUTS[parser.parse_args(argv).protocol]
     root = repo_root()
     params = stage_params(root)
     try:
-        summary, splits, study = read_inputs(root, params)
+        summary, splits, study = read_inputs(root, params, out)
         seed_everything(params.seed)
-        work = resume_dir(root, params, summary)
+        work = resume_dir(root, params, summary)  # the summary names the protocol's study
         work.mkdir(parents=True, exist_ok=True)
         trials = sorted(summary["trials"], key=lambda t: t["batch_size"])
-        surfaces, rows = measure_trials(trials, summary, params, splits, work, root)
+        surfaces, rows = measure_trials(trials, summary, params, splits, work, root, out)
     except (LandscapeError, SweepError, DataError, CheckpointError, OSError, ValueError) as error:
-        print(f"{STAGE}: {error}", file=sys.stderr)
+        print(f"{out.stage}: {error}", file=sys.stderr)
         return 2
     result = verdict(rows)
     table = result["table"]
-    pages, summary_pages, metrics_path = write_outputs(root, work, params, summary, trials, surfaces, rows, result)
-    sweep_pages = write_sweep_pages(study, root / SWEEP_REPORT_DIR)
+    pages, summary_pages, metrics_path = write_outputs(root, out, work, params, summary, trials, surfaces, rows,
+                                                       result)
+    sweep_pages = write_sweep_pages(study, root / out.protocol.report_dir)
     ensure_store(root)
-    log_stage_run(root, summary, params.batch_landscapes, rows, split_inputs(splits, only=("test",)), table,
+    log_stage_run(root, out, summary, params.batch_landscapes, rows, split_inputs(splits, only=("test",)), table,
                   [*summary_pages, metrics_path])
-    log_to_sweep_runs(summary, rows, pages, study, sweep_pages)
+    log_to_sweep_runs(out, summary, rows, pages, study, sweep_pages)
     shutil.rmtree(work, ignore_errors=True)
-    print_verdict(rows, table)
-    print(f"{STAGE}: {result['sentence']}")
+    print_verdict(out, rows, table)
+    print(f"{out.stage}: {result['sentence']}")
     return 0
 
 

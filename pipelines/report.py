@@ -86,10 +86,26 @@ def sample_size_claims(metrics: dict) -> list[Claim]:
     return rows
 
 
+PROTOCOL_RESULTS = {"fixed": "batch_sweep", "converged": "batch_sweep_converged"}  # results/<name>.json
+
+
+def protocol_label(metrics: dict) -> str:
+    """How the batch-size study's models were trained (its `protocol`)."""
+    if metrics.get("early_stopping"):
+        return f"converged: early-stopped on validation loss, ≤ {metrics.get('epochs')} epochs"
+    return f"the paper's protocol: {metrics.get('epochs')} epochs for every batch size"
+
+
+def capped(per: dict) -> list[dict]:
+    """Early-stopped models that ran out of epochs instead (their validation loss was still falling)."""
+    return [row for row in per.values() if row.get("stopped_early") is False]
+
+
 def batch_claims(metrics: dict) -> list[Claim]:
     per = metrics.get("per_batch_size", {})
     if not per:
         return []
+    label = f" [{protocol_label(metrics)}]"
     ranked = sorted(per.values(), key=lambda row: row["test_acc"], reverse=True)
     best = ", ".join(f"{row['batch_size']} ({_pct(row['test_acc'])})" for row in ranked[:2])
     sizes = ", ".join(str(size) for size in sorted(row["batch_size"] for row in per.values()))
@@ -103,16 +119,19 @@ def batch_claims(metrics: dict) -> list[Claim]:
     top = ranked[0]["batch_size"]
     strong = [m for m, values in correlations.items()  # a p_value of None: undefined (a constant side)
               if abs(values["test_error"]["spearman"]) >= 0.8 and (values["test_error"].get("p_value") or 1) < 0.05]
+    # a model that hit the cap is stated, not judged: its train accuracy decides whether it is comparable
+    cap = (f"; batch size {', '.join(str(row['batch_size']) for row in capped(per))} reached the epoch cap while "
+           "validation loss was still falling" if metrics.get("early_stopping") and capped(per) else "")
     return [
-        ("best test accuracy at moderate batch sizes", "between 160 and 1,600 (sizes 2 … 16,000)",
+        ("best test accuracy at moderate batch sizes" + label, "between 160 and 1,600 (sizes 2 … 16,000)",
          f"best: {best} (of sizes {sizes})",
          "confounded" if behind else "reproduced" if 160 <= top <= 1600 else "not reproduced",
-         confound or f"the best batch size is {top}"),
-        ("sharpness of the surface does not track generalization (contra Li et al.)", "judged by eye",
+         (confound or f"the best batch size is {top}") + cap),
+        ("sharpness of the surface does not track generalization (contra Li et al.)" + label, "judged by eye",
          f"Spearman with test error across {len(per)} sizes: {with_error}",
          "confounded" if behind else "not reproduced" if strong else "reproduced",
-         confound or (f"{', '.join(strong)} track test error (|ρ| ≥ 0.8, p < 0.05)" if strong
-                      else "no measure tracks test error (|ρ| ≥ 0.8, p < 0.05)")),
+         (confound or (f"{', '.join(strong)} track test error (|ρ| ≥ 0.8, p < 0.05)" if strong
+                       else "no measure tracks test error (|ρ| ≥ 0.8, p < 0.05)")) + cap),
     ]
 
 
@@ -176,14 +195,26 @@ def stability_claims(metrics: dict) -> list[Claim]:
 
 def training_state(root: Path) -> tuple[list[dict], list[str]]:
     """The compared models' final train loss and accuracy beside their landscapes (tables in the
-    `lossviz.figures.page_tables` format), and a warning for each set of models that are not comparable."""
-    return training_state_of(_load(root, "batch_sweep").get("per_batch_size", {}))
+    `lossviz.figures.page_tables` format), and a warning for each set of models that are not comparable; one
+    table per training protocol of the batch-size study."""
+    tables, warnings = [], []
+    for name, results in PROTOCOL_RESULTS.items():
+        metrics = _load(root, results)
+        suffix = "" if name == "fixed" else f"_{name}"
+        more_tables, more_warnings = training_state_of(metrics.get("per_batch_size", {}), metrics,
+                                                       f"batch_landscapes{suffix}")
+        tables += more_tables
+        warnings += more_warnings
+    return tables, warnings
 
 
-def training_state_of(per: dict) -> tuple[list[dict], list[str]]:
-    """`training_state` from the batch-size study's rows (metrics/batch_sweep.json "per_batch_size")."""
+def training_state_of(per: dict, metrics: dict | None = None,
+                      landscapes: str = "batch_landscapes") -> tuple[list[dict], list[str]]:
+    """`training_state` from one protocol's rows (results/batch_sweep*.json "per_batch_size"); `metrics`, the
+    whole file, names the protocol; `landscapes`, the report folder of its surface pages."""
     if not per:
         return [], []
+    label = protocol_label(metrics) if metrics else "batch-size study"
     ordered = sorted(per.values(), key=lambda row: row["batch_size"])
 
     def cell(row: dict, key: str, percent: bool = False) -> str:
@@ -196,18 +227,49 @@ def training_state_of(per: dict) -> tuple[list[dict], list[str]]:
     rows = [("final train loss", [cell(row, "train_loss") for row in ordered]),
             ("final train accuracy", [cell(row, "train_acc", True) for row in ordered]),
             ("test accuracy", [cell(row, "test_acc", True) for row in ordered]),
-            ("landscape", [f"batch_landscapes/bs_{row['batch_size']:05d}.html" for row in ordered])]
+            ("epochs trained", [cell(row, "stopped_epoch") for row in ordered]),
+            ("ended by", [("—" if row.get("stopped_early") is None else "early stopping" if row["stopped_early"]
+                           else "the epoch limit") for row in ordered]),
+            ("landscape", [f"{landscapes}/bs_{row['batch_size']:05d}.html" for row in ordered])]
     behind = undertrained(per)
-    warnings = [f"Not comparable: batch size(s) {', '.join(str(row['batch_size']) for row in behind)} did not "
+    warnings = [f"Not comparable ({label}): batch size(s) {', '.join(str(row['batch_size']) for row in behind)} "
+                f"did not "
                 f"converge (final train accuracy {', '.join(_pct(row['train_acc']) for row in behind)}, far below "
                 "the best); their flatter or sharper surfaces reflect training length, not batch size. Train longer "
                 "(more epochs) before reading the sharpness verdict."] if behind else []
-    return [{"title": "training state of the compared models (batch-size study)", "columns": columns,
+    return [{"title": f"training state of the compared models ({label})", "columns": columns,
              "rows": rows, "open": True}], warnings
 
 
+def protocol_comparison(fixed: dict, converged: dict) -> list[Claim]:
+    """Which of the batch-size study's conclusions survive training every batch size to convergence: the best
+    batch size and the sharpness measures that track test error, under both protocols."""
+    if not fixed.get("per_batch_size") or not converged.get("per_batch_size"):
+        return []
+
+    def tracking(metrics: dict) -> set[str]:
+        return {m for m, values in metrics.get("correlations", {}).items()
+                if abs(values["test_error"]["spearman"]) >= 0.8 and (values["test_error"].get("p_value") or 1) < 0.05}
+
+    best = (fixed["best_batch_size_by_test_acc"], converged["best_batch_size_by_test_acc"])
+    track = (tracking(fixed), tracking(converged))
+    kept = ["the best batch size"] if best[0] == best[1] else []
+    kept += ["which measures track test error"] if track[0] == track[1] else []
+    changed = [f"the best batch size ({best[0]} → {best[1]})"] if best[0] != best[1] else []
+    changed += [f"the measures tracking test error ({', '.join(sorted(track[0])) or 'none'} → "
+                f"{', '.join(sorted(track[1])) or 'none'})"] if track[0] != track[1] else []
+    return [("(beyond the paper) the batch-size conclusions survive training to convergence",
+             "—", f"fixed epochs vs converged: best batch size {best[0]} vs {best[1]}; measures with |ρ| ≥ 0.8, "
+                  f"p < 0.05: {', '.join(sorted(track[0])) or 'none'} vs {', '.join(sorted(track[1])) or 'none'}",
+             "survives" if not changed else "partly" if kept else "does not survive",
+             (f"unchanged: {', '.join(kept)}" if kept else "") + ("; " if kept and changed else "")
+             + (f"changed by training to convergence: {', '.join(changed)}" if changed else ""))]
+
+
 def claims(root: Path) -> list[Claim]:
-    return (sample_size_claims(_load(root, "sample_size")) + batch_claims(_load(root, "batch_sweep"))
+    fixed, converged = (_load(root, results) for results in PROTOCOL_RESULTS.values())
+    return (sample_size_claims(_load(root, "sample_size")) + batch_claims(fixed) + batch_claims(converged)
+            + protocol_comparison(fixed, converged)
             + lottery_claims(_load(root, "lottery"), _load(root, "lottery_landscapes"))
             + stability_claims(_load(root, "lottery_stability")))
 

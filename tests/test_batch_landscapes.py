@@ -115,6 +115,63 @@ def test_dvc_repro_runs_the_sweep_and_the_verdict(tmp_path):
     assert again.returncode == 0 and again.stdout.count("didn't change") == 3, again.stdout + again.stderr
 
 
+def test_converged_protocol_is_its_own_study_early_stopped_beside_the_fixed_one(tmp_path):
+    """`dvc repro` of both protocols: the converged one early-stops every batch size (its own study in the same
+    journal, its own outputs), the fixed study keeps the name it had before protocols existed, and the report
+    sets the two verdicts side by side."""
+    grid = [8, 64]
+    params = tiny_params(batch_sizes=grid, epochs=1, converged_max_epochs=8, converged_patience=1)
+    make_project(tmp_path, params, ("batch_sweep", "batch_landscapes", "batch_sweep_converged",
+                                    "batch_landscapes_converged"))
+    run = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=stage_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "studies/batch_sweep/journal.log")))
+    names = {protocol: json.loads((tmp_path / path).read_text())["study"] for protocol, path in
+             (("fixed", "studies/batch_sweep/study.json"), ("converged", "studies/batch_sweep/study_converged.json"))}
+    assert names["fixed"] != names["converged"]
+    settings = {protocol: optuna.load_study(study_name=name, storage=storage).user_attrs["lossviz.settings"]
+                for protocol, name in names.items()}
+    assert "protocol" not in settings["fixed"] and settings["fixed"]["train"]["epochs"] == 1
+    assert settings["converged"]["protocol"] == "converged"
+    assert {key: settings["converged"]["train"][key] for key in ("epochs", "early_stopping", "patience")} == {
+        "epochs": 8, "early_stopping": True, "patience": 1}
+
+    fixed = json.loads((tmp_path / "results/batch_sweep.json").read_text())
+    converged = json.loads((tmp_path / "results/batch_sweep_converged.json").read_text())
+    assert (fixed["protocol"], converged["protocol"]) == ("fixed", "converged")
+    for size in grid:
+        row = converged["per_batch_size"][str(size)]
+        trial = json.loads((tmp_path / f"models/batch_sweep_converged/bs_{size:05d}/trial.json").read_text())
+        assert row["stopped_epoch"] == trial["stopped_epoch"] and row["test_acc"] == trial["final_test_acc"]
+        # early stopping: ended by patience (best epoch + 1) or by the cap, the best epoch's weights kept
+        assert row["stopped_early"] == (row["stopped_epoch"] < 8)
+        assert row["stopped_early"] is False or row["stopped_epoch"] == row["best_epoch"] + 1
+        assert fixed["per_batch_size"][str(size)]["stopped_epoch"] == 1
+        assert (tmp_path / f"surfaces/batch_landscapes_converged/bs_{size:05d}.h5").is_file()
+    assert "early-stopped on validation loss, ≤ 8 epochs" in (
+        tmp_path / "reports/batch_landscapes_converged/compare.html").read_text()
+    assert (tmp_path / "reports/batch_sweep_converged/history.html").is_file()
+
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("batch_sweep")
+    trials = client.search_runs([experiment.experiment_id], "tags.`lossviz.role` = 'trial'")
+    assert sorted((r.data.tags["lossviz.protocol"], r.data.tags["lossviz.batch_size"]) for r in trials) == sorted(
+        (protocol, str(size)) for protocol in ("fixed", "converged") for size in grid)
+
+    from pipelines import report
+
+    claims = report.batch_claims(fixed) + report.batch_claims(converged)
+    assert sum("[the paper's protocol: 1 epochs" in row[0] for row in claims) == 2
+    assert sum("[converged: early-stopped" in row[0] for row in claims) == 2
+    (comparison,) = report.protocol_comparison(fixed, converged)
+    assert f"best batch size {fixed['best_batch_size_by_test_acc']} vs {converged['best_batch_size_by_test_acc']}" \
+        in comparison[2]
+    assert comparison[3] in ("survives", "partly", "does not survive")
+
+
 # ------------------------------------------------------------------------------ the verdict's arithmetic
 
 def brute_force_p(a, b) -> float:

@@ -51,7 +51,7 @@ def tiny_params(raw_dir: Path) -> dict:
                                  auto_tolerance=0.5, auto_pilot_points=3, timing_points=2, timing_rounds=1,
                                  adaptive_grid_points=33, adaptive_n_examples=20, adaptive_spot_checks=10)
     params["batch_sweep"].update(batch_sizes=[25, 100], epochs=1, max_train_examples=None,
-                                 train_eval_examples=100)
+                                 train_eval_examples=100, converged_max_epochs=2, converged_patience=1)
     params["batch_landscapes"].update(grid_points=5, n_examples=40, trace_samples=2, hessian_iterations=5)
     params["lottery"].update(epochs=1, batch_size=50, levels=2, rate=0.5, max_train_examples=None,
                              train_eval_examples=100)
@@ -114,6 +114,7 @@ def test_repro_runs_every_stage_and_a_second_repro_is_a_noop(project):
     index = (project / "reports" / "index.html").read_text()
     assert "measured here" in index and "sample_size/compare.html" in index
     assert "lottery_landscapes/figure5.html" in index and "batch_landscapes/compare.html" in index
+    assert "batch_landscapes_converged/compare.html" in index and "[converged: early-stopped" in index
     started = time.perf_counter()
     second = run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in second.stdout

@@ -109,6 +109,22 @@ def test_paper_preset_applies_keeping_comments_and_other_keys(tmp_path):
     assert run_check(target).returncode == 0
 
 
+def test_medium_preset_is_valid_and_trains_every_model_to_convergence(tmp_path):
+    """presets/medium.yaml (results/medium/) passes the stages' own checks; nothing of it is run here."""
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    result = run_apply(REPO_ROOT / "presets" / "medium.yaml", target)
+    assert result.returncode == 0, result.stderr
+    check = run_check(target)
+    assert check.returncode == 0 and check.stdout.strip() == "ok", check.stdout + check.stderr
+    params = parse_params(yaml.safe_load(target.read_text()))
+    assert params.train.early_stopping and params.train.max_train_examples is None  # the full training set
+    assert params.batch_sweep.max_train_examples is None and params.lottery.max_train_examples is None
+    assert params.batch_landscapes.grid_points >= 61 and params.lottery_landscapes.grid_points >= 61
+    assert params.sample_size.grid_points >= 61 and max(params.sample_size.n_examples) == 10_000
+    assert 0.1 <= params.lottery.rate <= 0.2 and (1 - params.lottery.rate) ** (params.lottery.levels - 1) < 0.05
+
+
 def test_a_bad_preset_writes_nothing(tmp_path):
     target = tmp_path / "params.yaml"
     target.write_text((REPO_ROOT / "params.yaml").read_text())

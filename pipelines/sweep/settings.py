@@ -14,6 +14,7 @@ from lossviz.params import Params
 from lossviz.training import TrainConfig
 from pipelines.code_deps import PACKAGE_ROOT, code_files
 from pipelines.common import data_root
+from pipelines.sweep.layout import PROTOCOL_KEY, PROTOCOLS, Protocol
 
 # The library code a trial's numbers depend on: part of the study's identity.
 # A trial's numbers depend on the training code (and what it imports): a worker on other code is refused.
@@ -34,7 +35,17 @@ def local_digests(root: Path, dataset: str) -> tuple[str, str]:
     return data, code.hexdigest()[:16]
 
 
-def sweep_settings(params: Params, root: Path) -> dict[str, Any]:
+def protocol_training(params: Params, protocol: Protocol) -> dict[str, Any]:
+    """The training settings of every trial but the batch size: the section's, and for the converged protocol
+    early stopping on validation loss up to `converged_max_epochs`."""
+    section = params.batch_sweep
+    train = TrainConfig.fields_in(section)
+    if protocol.name == "converged":
+        train.update(epochs=section.converged_max_epochs, early_stopping=True, patience=section.converged_patience)
+    return train
+
+
+def sweep_settings(params: Params, root: Path, protocol: Protocol = PROTOCOLS["fixed"]) -> dict[str, Any]:
     """Everything that shapes the trials' numbers, as plain JSON (the study stores it; workers train from
     it). The device and the trial budget are not in it: a worker trains on its own device, and raising
     `n_trials` continues a TPE study."""
@@ -47,9 +58,11 @@ def sweep_settings(params: Params, root: Path) -> dict[str, Any]:
         "dataset": section.dataset, "model": section.model, "seed": params.seed,
         "val_size": params.data.val_size, "normalize": params.data.normalize,
         "max_train_examples": section.max_train_examples, "sampler": section.sampler,
-        "train": TrainConfig.fields_in(section),  # every training setting but the batch size (swept)
+        "train": protocol_training(params, protocol),  # every training setting but the batch size (swept)
         "data_digest": data_digest, "code_digest": code_digest,
     }
+    if protocol.name != "fixed":  # the fixed protocol's settings (and so its study's name) predate protocols
+        settings[PROTOCOL_KEY] = protocol.name
     if section.sampler == "grid":
         settings["batch_sizes"] = list(section.batch_sizes)
     else:

@@ -21,7 +21,15 @@ from optuna.trial import TrialState
 
 from lossviz.data import Splits
 from pipelines.common import repo_root
-from pipelines.sweep.layout import EXPERIMENT, LIVENESS_ATTR, N_TRIALS_ATTR, PARENT_ATTR, SETTINGS_ATTR, STAGE
+from pipelines.sweep.layout import (
+    EXPERIMENT,
+    LIVENESS_ATTR,
+    N_TRIALS_ATTR,
+    PARENT_ATTR,
+    SETTINGS_ATTR,
+    STAGE,
+    protocol_of,
+)
 from pipelines.sweep.settings import SweepError, check_worker_checkout, differences, flat, load_sweep_splits
 from pipelines.sweep.storage import Liveness, describe_storage, is_database_url, liveness_of, open_storage, redact
 from pipelines.sweep.trials import claim_trial, count_trials, queue_missing_points, recover_stale_trials, run_trial
@@ -81,7 +89,8 @@ def ensure_parent_run(study: optuna.Study, settings: dict[str, Any], url: str, n
         return parent
     experiment_id = get_experiment_id(EXPERIMENT, root)
     run = client.create_run(experiment_id, run_name=study.study_name, tags={
-        **run_tags(STAGE, root), "lossviz.study": study.study_name, "lossviz.role": "study"})
+        **run_tags(protocol_of(settings).stage, root), "lossviz.study": study.study_name,
+        "lossviz.protocol": protocol_of(settings).name, "lossviz.role": "study"})
     for key, value in {**flat(settings), "study_name": study.study_name, "storage": describe_storage(url, root),
                        "n_trials": n_trials}.items():
         client.log_param(run.info.run_id, key, value)

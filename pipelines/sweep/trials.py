@@ -35,7 +35,6 @@ from pipelines.sweep.layout import (
     BATCH_ATTR,
     CHECKPOINT_ARTIFACT,
     EXPERIMENT,
-    MODELS_DIR,
     N_TRIALS_ATTR,
     PARENT_ATTR,
     RESULT_ATTR,
@@ -44,6 +43,7 @@ from pipelines.sweep.layout import (
     RUN_FACTS,
     STAGE,
     WORKER_ATTR,
+    protocol_of,
 )
 from pipelines.sweep.settings import flat
 from pipelines.sweep.storage import liveness_of
@@ -137,9 +137,9 @@ def claim_trial(study: optuna.Study, settings: dict[str, Any], workers: Workers,
 
 # --------------------------------------------------------------------------------- a trial's outputs
 
-def checkpoint_dir(root: Path, batch_size: int) -> Path:
-    """A batch size's DVC output: model.pt and trial.json."""
-    return root / MODELS_DIR / f"bs_{batch_size:05d}"
+def checkpoint_dir(root: Path, settings: dict[str, Any], batch_size: int) -> Path:
+    """A batch size's DVC output in its protocol's directory: model.pt and trial.json."""
+    return root / protocol_of(settings).models_dir / f"bs_{batch_size:05d}"
 
 
 def write_trial_file(out: Path, study_name: str, summary: dict[str, Any]) -> None:
@@ -189,16 +189,19 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
     def on_epoch(record: EpochRecord, replayed: bool) -> None:
         mlflow.log_metrics(record.metrics(), step=record.epoch)
         trial.report(record.val_acc, record.epoch)
-        log(f"{STAGE}: trial {trial.number} batch {batch_size} epoch {record.epoch}/{epochs}"
+        log(f"{protocol.stage}: trial {trial.number} batch {batch_size} epoch {record.epoch}/{epochs}"
             f"{' (replayed)' if replayed else ''} val_acc {record.val_acc:.4f} test_acc {record.test_acc:.4f}")
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {record.epoch}")
 
     parent = study.user_attrs[PARENT_ATTR]
-    with stage_run(EXPERIMENT, f"batch {batch_size}", STAGE, root=root, parent_run_id=parent) as run:
+    protocol = protocol_of(settings)
+    name = f"batch {batch_size}" + ("" if protocol.name == "fixed" else f" ({protocol.name})")
+    with stage_run(EXPERIMENT, name, protocol.stage, root=root, parent_run_id=parent) as run:
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
         mlflow.set_tags({"lossviz.study": study.study_name, "lossviz.batch_size": str(batch_size),
-                         "lossviz.role": "trial", "optuna.trial_number": str(trial.number)})
+                         "lossviz.protocol": protocol.name, "lossviz.role": "trial",
+                         "optuna.trial_number": str(trial.number)})
         mlflow.log_params({**flat(settings), "batch_size": batch_size, "device": device,
                            "trial_number": trial.number, "study_name": study.study_name})
         steps = math.ceil(len(splits.train) / batch_size)
@@ -211,7 +214,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
             mlflow.set_tag("optuna.trial_state", "PRUNED")
             study.tell(trial, state=TrialState.PRUNED)
             resume.unlink(missing_ok=True)
-            log(f"{STAGE}: trial {trial.number} batch {batch_size} pruned")
+            log(f"{protocol.stage}: trial {trial.number} batch {batch_size} pruned")
             return TrialState.PRUNED
         except BaseException:
             mlflow.set_tag("optuna.trial_state", "FAIL")
@@ -222,7 +225,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
         summary = {"batch_size": batch_size, "trial": trial.number, **result.summary(),
                    "seconds": result.seconds, "mlflow_run_id": run.info.run_id,
                    "resumed_from_epoch": result.resumed_from_epoch}
-        out = checkpoint_dir(root, batch_size)
+        out = checkpoint_dir(root, settings, batch_size)
         model_path = save_model(model, out / "model.pt", model=settings["model"], dataset=settings["dataset"],
                                 input_shape=list(splits.input_shape), num_classes=splits.num_classes,
                                 batch_size=batch_size, epoch=result.final.epoch, acc=result.final.test_acc)
@@ -236,6 +239,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: dict[str, Any]
         mlflow.set_tag("optuna.trial_state", "COMPLETE")
         study.tell(trial, result.final.val_acc)
     resume.unlink(missing_ok=True)
-    log(f"{STAGE}: trial {trial.number} batch {batch_size} done: val_acc {result.final.val_acc:.4f} "
+    log(f"{protocol.stage}: trial {trial.number} batch {batch_size} done: val_acc {result.final.val_acc:.4f} "
         f"test_acc {result.final.test_acc:.4f} ({result.seconds:.0f} s)")
     return TrialState.COMPLETE
