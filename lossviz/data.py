@@ -419,11 +419,18 @@ def load_splits(data_root: str | Path, dataset: str, val_size: int = 5000, seed:
     """The prepared dataset as in-memory float tensors, with a seeded validation split carved out of the
     training set (`val_size` examples; 0 for none), then training on the first `max_train_examples` of the
     rest (None: all of them)."""
-    if max_train_examples is not None and max_train_examples < 1:
-        raise ValueError(f"max_train_examples={max_train_examples} is not valid; allowed: null (all) or >= 1")
     data_dir = Path(data_root) / dataset
     train = to_float(load_prepared(data_dir, "train"), dataset, normalize)
     test = to_float(load_prepared(data_dir, "test"), dataset, normalize)
+    return carve_splits(train, test, dataset, val_size, seed, max_train_examples)
+
+
+def carve_splits(train: TensorSplit, test: TensorSplit, dataset: str, val_size: int = 5000, seed: int = 0,
+                 max_train_examples: int | None = None) -> Splits:
+    """Splits of data in memory (a prepared dataset's, or a user's): a seeded validation split of `val_size`
+    examples carved out of `train`, then training on the first `max_train_examples` of the rest (None: all)."""
+    if max_train_examples is not None and max_train_examples < 1:
+        raise ValueError(f"max_train_examples={max_train_examples} is not valid; allowed: null (all) or >= 1")
     if not 0 <= val_size < len(train):
         raise ValueError(f"val_size={val_size} must be in [0, {len(train) - 1}] for {dataset}")
     val = None

@@ -5,7 +5,10 @@ The sections that train a model (`train`, `batch_sweep`, `lottery`) share one mo
 own (it builds one to check them), and each section adds its own keys and states where its defaults differ.
 Allowed names come from the registries: datasets (`lossviz.data.DATASETS`), models (`lossviz.models.MODELS`),
 optimizers (`lossviz.training.OPTIMIZERS`), and the engine's and directions' names (`lossviz.options`: methods,
-norms, ignored parameters; kept there so that validating params never imports the engine).
+norms, ignored parameters; kept there so that validating params never imports the engine). The `train` and
+`sample_size` sections also take the user's own model and dataset (`lossviz.user_specs`: `package.module:factory`
+with `model_kwargs`, a user dataset form with `dataset_kwargs`); only their syntax is checked here, the stage
+imports them when it starts.
 
 `load_params(path)` returns a typed `Params` or raises `ParamsError` whose lines each name the key path,
 the bad value and what is allowed. Pipelines validate before touching any output.
@@ -20,13 +23,23 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lossviz.data import DATASETS
 from lossviz.models import MODELS
 from lossviz.options import IGNORES, METHODS, NORMS
 from lossviz.runtime import check_device_name
 from lossviz.training import OPTIMIZERS, TrainConfig
+from lossviz.user_specs import MODEL_FORMS, USER_DATASET_FORMS, is_import_spec, is_user_dataset_spec
 
 
 def one_of(names: Iterable[str]) -> Any:
@@ -40,6 +53,41 @@ OptimizerName = one_of(OPTIMIZERS)
 MethodName = one_of(METHODS)
 NormName = one_of(NORMS)
 IgnoreName = one_of(IGNORES)
+
+
+def _model_spec(value: str) -> str:
+    if value in MODELS or is_import_spec(value):
+        return value
+    raise ValueError(f"expected {MODEL_FORMS.format(names=', '.join(map(repr, MODELS)))}; your own model: put "
+                     "its module in user/ and write user.mymodule:factory")
+
+
+def _dataset_spec(value: str) -> str:
+    if value in DATASETS or is_user_dataset_spec(value):
+        return value
+    raise ValueError(f"expected a prepared dataset ({', '.join(map(repr, DATASETS))}) or {USER_DATASET_FORMS}")
+
+
+# A registered model or the user's `package.module:factory`; a prepared dataset or a user dataset form
+# (syntax only: the stage imports and reads them, naming the key on error).
+ModelSpec = Annotated[str, AfterValidator(_model_spec)]
+DatasetSpec = Annotated[str, AfterValidator(_dataset_spec)]
+SpecKwargs = dict[str, Any]  # keyword arguments of a model factory or a dataset spec
+
+
+def _kwargs_only_with_a_spec(section: Any) -> Any:
+    """The rule of a section with model/dataset specs (`train`, `sample_size`): keyword arguments only where
+    something takes them, a user's model or dataset (not a registered one, not null)."""
+    for key, registry, taker in (("model", MODELS, "a package.module:factory model"),
+                                 ("dataset", DATASETS, "a user dataset")):
+        spec, kwargs = getattr(section, key), getattr(section, f"{key}_kwargs")
+        if kwargs and (spec is None or spec in registry):
+            why = f"{key} is null (train.{key}_kwargs go with train.{key})" if spec is None else \
+                f"{key}={spec!r} takes none"
+            raise ValueError(f"{key}_kwargs={kwargs!r} is given, but {why}; allowed: {{}}, or keyword arguments "
+                             f"with {taker}")
+    return section
+
 
 # Constrained types for keys whose default a section overrides (the constraint is stated once, here).
 LearningRate = Annotated[float, Field(gt=0)]
@@ -113,16 +161,25 @@ class TrainingSettings(Section):
 
 
 class TrainParams(TrainingSettings):
-    """The `train` stage: one reference model, tracked in MLflow."""
+    """The `train` stage: one reference model, tracked in MLflow; a registered model or the user's own, on a
+    prepared dataset or the user's own (`lossviz.user_specs`)."""
 
+    dataset: DatasetSpec = "fashion_mnist"
+    dataset_kwargs: SpecKwargs = {}  # a user dataset's keyword arguments
+    model: ModelSpec = "fashion_cnn"
+    model_kwargs: SpecKwargs = {}    # a package.module:factory model's keyword arguments
     batch_size: BatchSize = _CONFIG_DEFAULTS["batch_size"]
     lr_plateau: bool = True  # this section's own default (TrainConfig's is False)
+
+    _kwargs_with_a_spec = model_validator(mode="after")(_kwargs_only_with_a_spec)
 
 
 class SampleSizeParams(Section):
     """The `sample_size` stage: one model, one pair of directions, a surface per number of examples."""
-    model: ModelName | None = None          # None: train.model (with the train stage's checkpoint)
-    dataset: DatasetName | None = None      # None: train.dataset
+    model: ModelSpec | None = None          # None: train.model and train.model_kwargs (the train stage's checkpoint)
+    model_kwargs: SpecKwargs = {}
+    dataset: DatasetSpec | None = None      # None: train.dataset and train.dataset_kwargs
+    dataset_kwargs: SpecKwargs = {}
     checkpoint: str | None = None           # None: models/train/model.pt; else a state_dict/.t7 file
     normalize: bool | None = None           # None: data.normalize (inputs as the model was trained)
     n_examples: list[int] = Field(default=[1, 10, 100, 250, 1000, 10000], min_length=2)
@@ -155,6 +212,8 @@ class SampleSizeParams(Section):
         if any(n < 2 for n in value) or value != sorted(set(value)):
             raise ValueError("expected increasing integers of at least 2 (one example has no standard error)")
         return value
+
+    _kwargs_with_a_spec = model_validator(mode="after")(_kwargs_only_with_a_spec)
 
 
 class BatchSweepParams(TrainingSettings):
@@ -330,7 +389,7 @@ class Params(Section):
         for section_name in type(self).model_fields:
             section = getattr(self, section_name)
             dataset = getattr(section, "dataset", None)
-            if dataset is not None and dataset not in self.data.datasets:
+            if dataset in DATASETS and dataset not in self.data.datasets:  # a user's dataset needs no `prepare`
                 raise ValueError(f"{section_name}.dataset={dataset!r} is not in data.datasets "
                                  f"{self.data.datasets}: add it there so `prepare` makes it")
         return self
@@ -354,6 +413,8 @@ class Params(Section):
                 ("batch_landscapes.n_examples", self.batch_sweep.dataset, self.batch_landscapes.n_examples),
                 ("lottery_landscapes.n_examples", self.lottery.dataset, self.lottery_landscapes.n_examples),
                 ("lottery_stability.n_examples", self.lottery.dataset, self.lottery_stability.n_examples)):
+            if dataset not in DATASETS:  # a user's dataset: its stage checks the size when it reads it
+                continue
             test_size = DATASETS[dataset].test_size
             if count > test_size:
                 problems.append(f"{key}: got {count}; allowed: 1 … {test_size} (the {dataset} test set)")

@@ -8,10 +8,13 @@ Dataset specs (`user_dataset`), besides the prepared datasets of `lossviz.data`:
 - `folder:PATH` (or an existing directory): an image folder, one sub-folder per class (torchvision
   ImageFolder), with `train/` and `test/` inside when the splits are separate;
 - `PATH.npz`: arrays `x_test`/`y_test` and `x_train`/`y_train` (or `x`/`y` for both splits);
-- `torchvision:CLASS`: a torchvision dataset class read from a local root (`--data-root`, no download);
+- `torchvision:CLASS`: a torchvision dataset class read from a local root (`--data-root`, or a `root` keyword
+  argument; no download);
 - `package.module:function`: the user's function, called with the dataset keyword arguments, returning
   (train, test) datasets or {"train": ..., "test": ...}.
-Bad specs raise `SpecError`, naming the flag and the accepted forms.
+Bad specs raise `SpecError`, naming the flag and the accepted forms. params.yaml takes the same specs
+(`train.model`, `sample_size.dataset`...): `is_import_spec` and `is_user_dataset_spec` check their syntax
+there without importing or reading anything.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +34,35 @@ import yaml
 from torch import nn
 
 MODEL_FORMS = "a registered name ({names}) or package.module:factory (a function returning an nn.Module)"
-DATASET_FORMS = ("a prepared dataset name (fashion_mnist, cifar10), folder:PATH (an image folder), PATH.npz "
-                 "(x_test/y_test and x_train/y_train arrays), torchvision:CLASS (read from --data-root, no "
-                 "download) or package.module:function (returning train and test datasets)")
+USER_DATASET_FORMS = ("folder:PATH (an image folder), PATH.npz (x_test/y_test and x_train/y_train arrays), "
+                      "torchvision:CLASS (read from --data-root or a root keyword argument, no download) or "
+                      "package.module:function (returning train and test datasets)")
+DATASET_FORMS = f"a prepared dataset name (fashion_mnist, cifar10), {USER_DATASET_FORMS}"
 KWARGS_FORMS = "a JSON object ('{\"width\": 8}') or key=value pairs separated by commas ('width=8,depth=2')"
+
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class SpecError(ValueError):
     """A model, dataset or keyword-argument spec that cannot be used; the message names the flag."""
+
+
+def is_import_spec(spec: str) -> bool:
+    """Whether `spec` reads `package.module:name` (dotted identifiers on both sides); nothing is imported."""
+    module_name, sep, attribute = spec.partition(":")
+    return bool(sep) and all(_DOTTED_NAME.fullmatch(part) for part in (module_name, attribute))
+
+
+def is_user_dataset_spec(spec: str) -> bool:
+    """Whether `spec` has the syntax of a user dataset form (folder:PATH, PATH.npz, torchvision:CLASS,
+    package.module:function); nothing is read or imported."""
+    kind, _, rest = spec.partition(":")
+    if kind == "folder":
+        return bool(rest)
+    if kind == "torchvision":
+        return rest.isidentifier()
+    return spec.endswith(".npz") or is_import_spec(spec)
 
 
 def parse_kwargs(text: str | Mapping[str, Any] | None, flag: str) -> dict[str, Any]:
@@ -141,7 +166,7 @@ def user_dataset(spec: str, split: str, root: str | Path = "data", kwargs: dict[
     elif spec.endswith(".npz"):
         dataset = _npz(Path(spec), split, flag)
     elif kind == "torchvision":
-        dataset = _torchvision(rest, split, Path(root), kwargs, flag, spec)
+        dataset = _torchvision(rest, split, Path(kwargs.pop("root", root)), kwargs, flag, spec)
     elif rest:
         made = _call(import_object(spec, flag, DATASET_FORMS), kwargs, spec, flag, kwargs_flag)
         if isinstance(made, Mapping) and {"train", "test"} <= set(made):
@@ -209,7 +234,7 @@ def _torchvision(name: str, split: str, root: Path, kwargs: dict[str, Any], flag
     try:
         return cls(str(root), **options)
     except (RuntimeError, FileNotFoundError, OSError) as error:
-        raise SpecError(f"{flag} {spec!r}: cannot read {name} from --data-root {root} ({error}); download it "
+        raise SpecError(f"{flag} {spec!r}: cannot read {name} from the root {root} ({error}); download it "
                         "there first") from None
 
 

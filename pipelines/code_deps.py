@@ -3,7 +3,9 @@
 One answer used in three places: the `deps` of each stage in dvc.yaml (so DVC reruns a stage when, and only
 when, code it runs changes), the key of a stage's resume folder (`pipelines.common.resume_path`), and the test
 that checks both. Package data a module reads at run time (the viewer's JS and CSS) is listed beside the
-module that reads it.
+module that reads it. The stages that build the user's own model or dataset from params (`train`, `sample_size`)
+also depend on the user's code folder, `user/` (`USER_CODE_DIR`): put your model's module there and DVC
+reruns them when it changes.
 
     python -m pipelines.code_deps          # print each stage's code deps
     python -m pipelines.code_deps --write  # rewrite the code deps in dvc.yaml (other deps, comments kept)
@@ -21,6 +23,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 OWN_PACKAGES = ("lossviz", "pipelines")
 # Files a module reads as package data, not through an import.
 PACKAGE_DATA = {"lossviz/pages.py": ("lossviz/assets/viewer.css", "lossviz/assets/viewer.js")}
+# The user's code (`user.mymodule:factory` in params), a dep of the stages that import it: its modules are
+# named only at run time, so the whole folder counts.
+USER_CODE_DIR = "user"
+USER_CODE_STAGES = ("train", "sample_size")
 
 
 def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
@@ -63,6 +69,20 @@ def code_files(module: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
     return tuple(sorted(files))
 
 
+def stage_code_deps(stage: str, command: str, root: Path = PACKAGE_ROOT) -> list[str]:
+    """A stage's code deps in dvc.yaml: `code_files` of the module its `command` runs, and the user's code
+    folder for the stages that import the user's model or dataset."""
+    return [*code_files(stage_module(command), root), *([USER_CODE_DIR] if stage in USER_CODE_STAGES else [])]
+
+
+def user_code_files(root: Path) -> list[Path]:
+    """The files of the user's code folder under `root` (caches left out, as .dvcignore does), sorted: part of
+    the resume key of the stages that depend on it."""
+    folder = root / USER_CODE_DIR
+    return sorted(path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts
+                  and path.suffix != ".pyc")
+
+
 def stage_module(command: str) -> str:
     """The module a stage's `cmd` runs (`python -m pipelines.train` → pipelines.train)."""
     try:
@@ -71,8 +91,9 @@ def stage_module(command: str) -> str:
         raise ValueError(f"stage command {command!r} does not run `python -m <module>`") from None
 
 
-def _is_code(dep: str) -> bool:
-    return dep.split("/")[0] in OWN_PACKAGES
+def is_code_dep(dep: str) -> bool:
+    """Whether a dvc.yaml dep is code (ours, or the user's folder) rather than data."""
+    return dep.split("/")[0] in OWN_PACKAGES or dep.rstrip("/") == USER_CODE_DIR
 
 
 def write_dvc_yaml(path: Path) -> list[str]:
@@ -87,12 +108,12 @@ def write_dvc_yaml(path: Path) -> list[str]:
     document = yaml.load(path.read_text(encoding="utf-8"))
     changed = []
     for name, stage in document["stages"].items():
-        wanted = list(code_files(stage_module(stage["cmd"]), path.parent))
+        wanted = stage_code_deps(name, stage["cmd"], path.parent)
         deps = stage.get("deps", [])
-        current = [dep for dep in deps if isinstance(dep, str) and _is_code(dep)]
+        current = [dep for dep in deps if isinstance(dep, str) and is_code_dep(dep)]
         if current == wanted:
             continue
-        others = [dep for dep in deps if not (isinstance(dep, str) and _is_code(dep))]
+        others = [dep for dep in deps if not (isinstance(dep, str) and is_code_dep(dep))]
         deps.clear()
         deps.extend(wanted + others)
         changed.append(name)
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     for name, stage in yaml.safe_load(args.dvc_yaml.read_text(encoding="utf-8"))["stages"].items():
-        print(f"{name}:", *code_files(stage_module(stage["cmd"]), args.dvc_yaml.parent), sep="\n  ")
+        print(f"{name}:", *stage_code_deps(name, stage["cmd"], args.dvc_yaml.parent), sep="\n  ")
     return 0
 
 

@@ -10,6 +10,10 @@ surface at the same n. Its check: the certificate, a spot check (interpolated po
 the agreement at the points both grids share; the full fine grid is not evaluated (too slow for the default run),
 its time is estimated from the per-point timings.
 
+The model may be the user's own (`package.module:factory` with `model_kwargs`, its module in `user/`, a dep of
+this stage) and the data a user's dataset (`pipelines.user_data`). The train stage's checkpoint is rebuilt as
+it records: its model spec and keyword arguments (which must be the study's), its input shape and classes.
+
 Outputs (DVC): `surfaces/sample_size/` (n_XXXXX.h5, adaptive.h5 and directions.h5), `reports/sample_size/`
 (compare.html in the style of Figure 2, fidelity.html: fidelity vs n, adaptive.html: the adaptive
 surface beside the fully evaluated one), `results/sample_size.json` (every n's comparison) and the headline
@@ -33,7 +37,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +46,11 @@ import numpy as np
 from torch import nn
 
 from lossviz.adaptive import certificate_of, common_points_agreement, spot_check
-from lossviz.checkpoints import CheckpointError, load_model_weights
-from lossviz.data import DataError, TensorSplit, load_splits
+from lossviz.checkpoints import CheckpointError, load_checkpoint, load_model_weights
+from lossviz.data import DATASETS, DataError, TensorSplit, load_splits
 from lossviz.directions import Directions, random_directions
 from lossviz.engine import compute_surface, point_function
 from lossviz.figures import compare_figure, sample_size_figure, shape_metrics
-from lossviz.models import build_model
 from lossviz.pages import self_contained_copies, write_html, write_report_page
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
@@ -59,6 +62,8 @@ from lossviz.sampling import (
 )
 from lossviz.stats import finite_or_none
 from lossviz.surface import Surface, outside_radius
+from lossviz.user_specs import SpecError, build_user_model
+from pipelines.code_deps import user_code_files
 from pipelines.common import (
     TIMINGS_DIR,
     data_root,
@@ -71,6 +76,7 @@ from pipelines.common import (
     write_timings,
 )
 from pipelines.tracking import dataset_input, log_inputs, stage_run
+from pipelines.user_data import number_of_classes, user_split
 
 STAGE = "sample_size"
 SURFACE_DIR = Path("surfaces/sample_size")
@@ -95,27 +101,37 @@ class Study:
     dataset: str
     checkpoint: Path
     normalize: bool
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the dataset is a prepared one (else the user's, `pipelines.user_data`)."""
+        return self.dataset in DATASETS
 
 
 def resolve(params: Params, root: Path) -> Study:
-    section = params.sample_size
+    section, train = params.sample_size, params.train
     checkpoint = Path(section.checkpoint) if section.checkpoint else TRAIN_CHECKPOINT
-    return Study(model=section.model or params.train.model, dataset=section.dataset or params.train.dataset,
+    return Study(model=section.model or train.model, dataset=section.dataset or train.dataset,
                  checkpoint=checkpoint if checkpoint.is_absolute() else root / checkpoint,
-                 normalize=params.data.normalize if section.normalize is None else section.normalize)
+                 normalize=params.data.normalize if section.normalize is None else section.normalize,
+                 model_kwargs=section.model_kwargs if section.model else train.model_kwargs,
+                 dataset_kwargs=section.dataset_kwargs if section.dataset else train.dataset_kwargs)
 
 
 def check_study(params: Params, study: Study, n_test: int | None) -> list[str]:
     """Problems found before any output is touched (each names the key, the value and what is allowed)."""
-    section, problems = params.sample_size, []
-    if section.checkpoint is None and (study.model != params.train.model or study.dataset != params.train.dataset):
-        problems.append(f"sample_size.model/dataset ({study.model!r}, {study.dataset!r}) differ from the train "
-                        f"stage's ({params.train.model!r}, {params.train.dataset!r}): set sample_size.checkpoint "
+    section, train, problems = params.sample_size, params.train, []
+    if section.checkpoint is None and ((study.model, study.model_kwargs, study.dataset, study.dataset_kwargs)
+                                       != (train.model, train.model_kwargs, train.dataset, train.dataset_kwargs)):
+        problems.append(f"sample_size.model/dataset ({study.model!r}, {study.dataset!r}) or their kwargs differ from "
+                        f"the train stage's ({train.model!r}, {train.dataset!r}): set sample_size.checkpoint "
                         "to a checkpoint of that model, or leave model and dataset null")
     if not study.checkpoint.is_file():
         hint = "run the `train` stage first" if section.checkpoint is None else "a state_dict or official .t7"
         problems.append(f"sample_size.checkpoint: {study.checkpoint} does not exist ({hint})")
-    if study.dataset not in params.data.datasets:
+    if study.prepared and study.dataset not in params.data.datasets:
         problems.append(f"sample_size.dataset={study.dataset!r} is not in data.datasets {params.data.datasets}: "
                         "add it there so `prepare` makes it")
     if n_test is not None and max(section.n_examples) > n_test:
@@ -140,7 +156,8 @@ def without_timings(values: dict[str, Any]) -> dict[str, Any]:
 
 def work_dir(root: Path, params: Params, study: Study) -> Path:
     manifest = data_root(root) / study.dataset / "manifest.json"
-    inputs = [study.checkpoint] + ([manifest] if manifest.is_file() else [])
+    inputs = [study.checkpoint] + ([manifest] if study.prepared and manifest.is_file() else [])
+    inputs += user_code_files(root)
     return resume_path(root, STAGE, used_params(params, study, root), inputs)
 
 
@@ -200,8 +217,8 @@ def main() -> int:
 
     with stage_run(STAGE, f"{study.model}-{study.dataset}-grid{grid.points}", STAGE, root=root):
         mlflow.log_params(used_params(params, study, root))
-        log_inputs([dataset_input(test.x, test.y, f"{study.dataset}-test", f"data/prepared/{study.dataset}",
-                                  "evaluation")])
+        log_inputs([dataset_input(test.x, test.y, f"{study.dataset}-test",
+                                  f"data/prepared/{study.dataset}" if study.prepared else study.dataset, "evaluation")])
         mlflow.log_metrics({"grid_points": grid.points, "reference_n": max(params.sample_size.n_examples),
                             "auto_tolerance": params.sample_size.auto_tolerance, "test_examples": len(test)})
         surfaces, times = study_surfaces(params, study, model, test, directions, grid, work)
@@ -237,19 +254,47 @@ def load_study(params: Params, study: Study, root: Path) -> tuple[nn.Module, Ten
     problems = check_study(params, study, None)
     if problems:
         return problems
+    key = "sample_size.dataset" if params.sample_size.dataset else "train.dataset"
     try:
-        splits = load_splits(data_root(root), study.dataset, val_size=0, seed=params.seed, normalize=study.normalize)
-    except (ValueError, DataError) as error:
+        if study.prepared:
+            splits = load_splits(data_root(root), study.dataset, val_size=0, seed=params.seed,
+                                 normalize=study.normalize)
+            test, input_shape, num_classes = splits.test, splits.input_shape, splits.num_classes
+        else:
+            user_test = user_split(study.dataset, "test", study.dataset_kwargs, data_root(root), key)
+            test, input_shape, num_classes = user_test[0], tuple(user_test[0].x.shape[1:]), number_of_classes(user_test)
+    except (ValueError, DataError) as error:  # SpecError included: one line naming the key
         return [str(error)]
-    problems = check_study(params, study, len(splits.test))
+    problems = check_study(params, study, len(test))
     if problems:
         return problems
-    model = build_model(study.model, splits.input_shape, splits.num_classes)
     try:
+        model = build_study_model(params, study, input_shape, num_classes)
         load_model_weights(model, study.checkpoint)
+    except SpecError as error:
+        return [str(error)]
     except (CheckpointError, RuntimeError) as error:
         return [f"sample_size.checkpoint {study.checkpoint} does not fit {study.model}: {error}"]
-    return model.eval(), splits.test
+    return model.eval(), test
+
+
+def build_study_model(params: Params, study: Study, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The study's model, untrained. From the train stage's checkpoint (sample_size.checkpoint null): as it
+    records, its input shape and classes (a user's dataset's labels may not show every class in the test split),
+    refused when its model or model kwargs are not the study's; else for the test data."""
+    key = "sample_size.model" if params.sample_size.model else "train.model"
+    if params.sample_size.checkpoint is None:
+        record = load_checkpoint(study.checkpoint)
+        record = record if isinstance(record, dict) else {}
+        recorded = (record.get("model", study.model), record.get("model_kwargs", {}))
+        if recorded != (study.model, study.model_kwargs):
+            raise SpecError(f"{key} {study.model!r} with {key}_kwargs {study.model_kwargs}: the train stage's "
+                            f"checkpoint {study.checkpoint} holds {recorded[0]!r} with {recorded[1]}; run the train "
+                            "stage again (dvc repro train)")
+        input_shape = tuple(record.get("input_shape", input_shape))
+        num_classes = record.get("num_classes", num_classes)
+    return build_user_model(study.model, study.model_kwargs, input_shape, num_classes, flag=key,
+                            kwargs_flag=f"{key}_kwargs")
 
 
 def load_or_draw_directions(path: Path, model: nn.Module, seed: int) -> Directions:

@@ -3,9 +3,13 @@
 and write the DVC outputs `models/train/model.pt` (official `{"state_dict": ...}` layout) and
 `metrics/train.json`.
 
+`train.model` is a registered model or the user's `package.module:factory` (with `train.model_kwargs`; its
+module in `user/`, a dep of this stage), `train.dataset` a prepared dataset or a user's (`pipelines.user_data`);
+the checkpoint records the spec and its keyword arguments, so `sample_size` rebuilds the same model.
+
 Resume: DVC deletes a stage's outputs before running it, so the per-epoch resume checkpoint is not an
 output. It lives under `tmp/resume/` (git-ignored, unknown to DVC), named by a digest of everything that
-shapes the run (the params it uses, the prepared data's manifest, the code), so a killed `dvc repro`
+shapes the run (the params it uses, the prepared data's manifest, the code, `user/`), so a killed `dvc repro`
 continues from its last finished epoch while a changed run starts afresh. It is deleted once the outputs
 are written. This keeps DVC's run-cache, which `persist: true` outputs would turn off.
 """
@@ -18,11 +22,12 @@ from pathlib import Path
 import mlflow
 
 from lossviz.checkpoints import save_model
-from lossviz.data import DataError, Splits, load_splits
-from lossviz.models import build_model
+from lossviz.data import DATASETS, DataError, Splits, carve_splits, load_splits
 from lossviz.params import Params
 from lossviz.runtime import seed_everything
 from lossviz.training import EpochRecord, TrainConfig, train
+from lossviz.user_specs import SpecError, build_user_model
+from pipelines.code_deps import user_code_files
 from pipelines.common import (
     data_root,
     repo_root,
@@ -33,6 +38,7 @@ from pipelines.common import (
     write_timings,
 )
 from pipelines.tracking import log_splits, log_torch_model, stage_run
+from pipelines.user_data import number_of_classes, user_split
 
 STAGE = "train"
 MODEL_PATH = Path("models/train/model.pt")
@@ -53,8 +59,31 @@ def used_params(params: Params) -> dict[str, object]:
 
 
 def resume_file(root: Path, params: Params) -> Path:
-    manifest = data_root(root) / params.train.dataset / "manifest.json"
-    return resume_path(root, STAGE, used_params(params), [manifest], suffix=".pt")
+    dataset = params.train.dataset
+    manifest = [data_root(root) / dataset / "manifest.json"] if dataset in DATASETS else []
+    return resume_path(root, STAGE, used_params(params), [*manifest, *user_code_files(root)], suffix=".pt")
+
+
+def load_data(root: Path, params: Params) -> tuple[Splits, int]:
+    """The splits the stage trains on and the number of classes: a prepared dataset, or the user's
+    (`pipelines.user_data`) with the same validation carve-out (data.val_size) and train.max_train_examples."""
+    section = params.train
+    if section.dataset in DATASETS:
+        splits = load_splits(data_root(root), section.dataset, params.data.val_size, params.seed,
+                             params.data.normalize, section.max_train_examples)
+        return splits, splits.num_classes
+    train_split, test_split = (user_split(section.dataset, split, section.dataset_kwargs, data_root(root),
+                                          "train.dataset") for split in ("train", "test"))
+    splits = carve_splits(train_split[0], test_split[0], section.dataset, params.data.val_size, params.seed,
+                          section.max_train_examples)
+    return splits, number_of_classes(train_split, test_split)
+
+
+def spec_record(params: Params) -> dict[str, object]:
+    """What the checkpoint records beside the model and dataset names: their keyword arguments, when given."""
+    section = params.train
+    return {key: value for key, value in (("model_kwargs", section.model_kwargs),
+                                          ("dataset_kwargs", section.dataset_kwargs)) if value}
 
 
 def check_against_data(params: Params, splits: Splits) -> list[str]:
@@ -75,9 +104,8 @@ def main() -> int:
     section = params.train
     try:
         config = train_config(params)
-        splits = load_splits(data_root(root), section.dataset, params.data.val_size, params.seed,
-                             params.data.normalize, section.max_train_examples)
-    except (ValueError, DataError) as error:
+        splits, num_classes = load_data(root, params)
+    except (ValueError, DataError) as error:  # SpecError included: one line naming the key
         print(f"{STAGE}: {error}", file=sys.stderr)
         return 2
     problems = check_against_data(params, splits)
@@ -86,7 +114,12 @@ def main() -> int:
         return 2
 
     seed_everything(params.seed)
-    model = build_model(section.model, splits.input_shape, splits.num_classes)
+    try:
+        model = build_user_model(section.model, section.model_kwargs, splits.input_shape, num_classes,
+                                 flag="train.model", kwargs_flag="train.model_kwargs")
+    except SpecError as error:
+        print(f"{STAGE}: {error}", file=sys.stderr)
+        return 2
     checkpoint = resume_file(root, params)
 
     def log_epoch(record: EpochRecord, replayed: bool) -> None:
@@ -102,8 +135,8 @@ def main() -> int:
             mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         summary = {"model": section.model, "dataset": section.dataset, **result.summary()}
         model_path = save_model(model, root / MODEL_PATH, model=section.model, dataset=section.dataset,
-                                input_shape=list(splits.input_shape), num_classes=splits.num_classes,
-                                epoch=result.final.epoch, acc=result.final.test_acc)
+                                input_shape=list(splits.input_shape), num_classes=num_classes,
+                                epoch=result.final.epoch, acc=result.final.test_acc, **spec_record(params))
         metrics_path = write_json(root / METRICS_PATH, summary)
         # without the epochs' wall times, which would change the git-tracked table on every rerun
         curve = [{"epoch": r.epoch, **{key: value for key, value in r.metrics().items() if key != "seconds"}}

@@ -53,7 +53,8 @@ def make_project(root: Path, params: dict, stages: tuple[str, ...], *, dvc: bool
     if tiny_data:
         write_tiny_dataset(root)
     if dvc:
-        for package in ("lossviz", "pipelines"):  # `python -m pipelines.X` in the project runs this copy
+        # `python -m pipelines.X` in the project runs this copy; `user` is the users' code, a dep of some stages
+        for package in ("lossviz", "pipelines", "user"):
             shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"),
                             dirs_exist_ok=True)
         shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")

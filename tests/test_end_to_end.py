@@ -85,7 +85,7 @@ def project(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("e2e")
     root = base / "project"
     root.mkdir()
-    for name in ("lossviz", "pipelines"):
+    for name in ("lossviz", "pipelines", "user"):  # user/: the users' code, a dep of train and sample_size
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO_ROOT / name, root / name)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.code_deps import code_files, stage_module
+from pipelines.code_deps import USER_CODE_DIR, code_files, is_code_dep, stage_code_deps, stage_module
 from tests.helpers_project import make_project, stage_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,10 +94,13 @@ def test_algorithm_modules_draw_nothing(module):
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_are_exactly_the_code_it_runs(stage):
     """dvc.yaml lists each stage's code deps as `python -m pipelines.code_deps --write` writes them: every file
-    the stage imports (so an edit reruns it) and no other (so an unrelated edit does not)."""
+    the stage imports (so an edit reruns it) and no other (so an unrelated edit does not); and the user's code
+    folder for the stages that import the user's model or dataset (train, sample_size), only for them."""
     definition = STAGES[stage]
-    code_deps = sorted(dep for dep in definition.get("deps", []) if dep.split("/")[0] in ("lossviz", "pipelines"))
-    assert code_deps == list(code_files(stage_module(definition["cmd"])))
+    code_deps = sorted(dep for dep in definition.get("deps", []) if is_code_dep(dep))
+    assert code_deps == sorted(stage_code_deps(stage, definition["cmd"]))
+    assert set(code_deps) - {USER_CODE_DIR} == set(code_files(stage_module(definition["cmd"])))
+    assert (USER_CODE_DIR in code_deps) == (stage in ("train", "sample_size"))
 
 
 @pytest.mark.parametrize("stage", TRAINING_STAGES)
