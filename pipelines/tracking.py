@@ -107,11 +107,23 @@ def relocate_store(database: Path, root: Path) -> list[str]:
             for before, after in ((old, new), (urllib.parse.quote(old), urllib.parse.quote(new))):
                 text = text.replace(f"{before}/mlruns/", f"{after}/mlruns/")
         model_file.write_text(text)
-    if old_roots:  # this process's cached artifact repositories still point at the old locations
-        from mlflow.tracking._tracking_service import utils as service_utils
-
-        service_utils._artifact_repos_cache.clear()
+    if old_roots:
+        _forget_cached_artifact_repositories()
     return sorted(old_roots)
+
+
+def _forget_cached_artifact_repositories() -> None:
+    """MLflow caches one artifact repository per run in the process (a private cache, mlflow 2.x-3.x); after a
+    relocation its entries still point at the old tree. A stage relocates before its first run, when the cache
+    is empty; a process that logged before (a test, a notebook) needs it emptied. Without that cache (another
+    MLflow version) there is nothing to forget."""
+    try:
+        from mlflow.tracking._tracking_service import utils as service_utils
+    except ImportError:
+        return
+    cache = getattr(service_utils, "_artifact_repos_cache", None)
+    if hasattr(cache, "clear"):
+        cache.clear()
 
 
 HOST_TAG, PID_TAG = "lossviz.host", "lossviz.pid"

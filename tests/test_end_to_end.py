@@ -193,6 +193,38 @@ def test_dvc_metrics_are_a_few_dozen_headline_numbers(project):
     assert study.metric_names == ["val_acc"] and study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
+def test_published_results_read_only_their_own_files(project, tmp_path):
+    """Issue 22: scripts/publish_results.py turns a finished run into results/<name>/: its params, metrics and
+    tables, PNG figures of its report pages and a README whose claims are recomputed from the published files
+    alone (every number traceable to a file in the folder)."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import publish_results
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+    from pipelines import report
+
+    readme = publish_results.publish(project, tmp_path / "tiny", "presets/medium.yaml", 4321.0, note="a test")
+    text = readme.read_text()
+    out = readme.parent
+    assert {path.name for path in (out / "results").glob("*.json")} >= {"batch_sweep.json",
+                                                                       "batch_sweep_converged.json", "lottery.json"}
+    assert (out / "params.yaml").read_text() == (project / "params.yaml").read_text()
+    claims = report.claims(out)  # from the published copies, not from the project
+    assert claims == report.claims(project) and len(claims) >= 8
+    for _claim, _paper, ours, verdict, _why in claims:
+        assert f"| {verdict} |" in text and ours.replace("|", "\\|") in text
+    assert "1 h 12 min (4321 s)" in text and subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip() in text
+    figures = sorted(path.name for path in (out / "figures").glob("*.png"))
+    assert {"batch_fixed.png", "batch_converged.png", "tickets_accuracy.png", "sample_size_fidelity.png"} <= set(
+        figures)
+    for name in figures:
+        data = (out / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(data) < 1_500_000, name
+        assert f"(figures/{name})" in text
+
+
 def test_every_run_has_params_and_data_and_logged_models_load(project):
     """Issue 17: every MLflow run a stage made has its params, and every run that trained or evaluated its
     dataset inputs; the reference model, each sweep trial and each ticket load with `mlflow.pytorch.load_model`
