@@ -8,8 +8,7 @@ The surfaces are synthetic (tests/helpers_browser.bowl_surface), so the pictures
 and come out the same on every run: one surface page, and a comparison of winning and random tickets at
 four sparsities whose minima sharpen and roughen as pruning goes on. With `--report` (a real run's
 reports/index.html, never made-up numbers), also docs/report.png; with `--mlflow-store` (the store a
-`dvc repro` wrote), also docs/mlflow.png: the MLflow UI comparing the batch sweep's trial runs, and
-docs/mlflow_runs.png: its runs table with their Dataset and Models columns.
+`dvc repro` wrote), also docs/mlflow.png: the MLflow UI comparing the batch sweep's trial runs.
 """
 
 from __future__ import annotations
@@ -79,29 +78,6 @@ def selected_tag_remover(label: str) -> str:
             f"e.textContent.trim() === {json.dumps(label)}).querySelector('[class*=item-remove]')")
 
 
-def shoot_mlflow_runs(browser: Browser, store: Path, png_path: Path) -> None:
-    """MLflow's runs table of the batch sweep: each trial run with its Dataset (`log_input`: name, digest) and
-    Models (`mlflow.pytorch.log_model`) columns."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with mlflow_server(f"sqlite:///{store.resolve()}", store.parent, env) as url:
-        experiments = api(url, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
-        experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "batch_sweep")
-        page = browser.new_page()
-        try:
-            page.resize(1400, 900)
-            page.goto(f"{url}/#/experiments/{experiment_id}", timeout=120)
-            page.wait_for("[...document.querySelectorAll('[role=columnheader]')].some("
-                          "e => /Models/.test(e.textContent))", timeout=120)
-            time.sleep(3)
-            closers = "document.querySelector('button[aria-label=Close]')"
-            if page.evaluate(f"{closers} !== null"):
-                click(page, closers)  # the assistant's side panel
-            png_path.write_bytes(page.screenshot(clip={"x": 0, "y": 0, "width": 1400, "height": 720}))
-            print(png_path)
-        finally:
-            page.close()
-
-
 def shoot_mlflow(browser: Browser, store: Path, png_path: Path) -> None:
     """MLflow's compare page for the batch sweep's trial runs (ticked in the runs table, then Compare): a
     parallel-coordinates plot of batch size against final test and train accuracy."""
@@ -158,7 +134,6 @@ def main() -> int:
             shoot(browser, args.report.resolve(), args.out / "report.png", 1400, 1300, ready=None)
         if args.mlflow_store is not None:
             shoot_mlflow(browser, args.mlflow_store, args.out / "mlflow.png")
-            shoot_mlflow_runs(browser, args.mlflow_store, args.out / "mlflow_runs.png")
     return 0
 
 
