@@ -167,8 +167,8 @@ def test_converged_protocol_is_its_own_study_early_stopped_beside_the_fixed_one(
     assert sum("[the paper's protocol: 1 epochs" in row[0] for row in claims) == 2
     assert sum("[converged: early-stopped" in row[0] for row in claims) == 2
     (comparison,) = report.protocol_comparison(fixed, converged)
-    assert f"best batch size {fixed['best_batch_size_by_test_acc']} vs {converged['best_batch_size_by_test_acc']}" \
-        in comparison[2]
+    best = [" and ".join(map(str, report.best_batch_sizes(m["per_batch_size"]))) for m in (fixed, converged)]
+    assert f"best batch size {best[0]} vs {best[1]}" in comparison[2]
     assert comparison[3] in ("survives", "partly", "does not survive")
 
 

@@ -368,6 +368,11 @@ def test_report_verdicts_and_the_not_comparable_warning():
     assert tables[0]["rows"][1] == ("final train accuracy", ["97.0%", "49.0%"])
     converged = {key: {**row, "train_acc": 0.96} for key, row in per.items()}
     assert report.training_state_of(converged)[1] == []
+    tied = {"128": {"batch_size": 128, "test_acc": 0.9075}, "1024": {"batch_size": 1024, "test_acc": 0.9075},
+            "16": {"batch_size": 16, "test_acc": 0.9059}}
+    assert report.best_batch_sizes(tied) == [128, 1024]
+    best = report.batch_claims({"per_batch_size": tied, "correlations": {}})[0]
+    assert best[3] == "partly" and "128 and 1024 (tied)" in best[4]
     by_n = {str(n): {"pearson_ln_loss": r, "rmse_ln_loss": 0.1, "argmin_distance": 0.0, "speedup": 1.0}
             for n, r in ((10, 0.8), (250, 0.995), (1000, 1.0))}
     claims = {row[0]: row for row in report.sample_size_claims({"by_n": by_n})}
