@@ -46,7 +46,10 @@ FIGURES = (
     ("lottery_stability/barriers.html", "stability_barriers.png",
      "Instability analysis: error barrier between two copies of a ticket vs weights remaining", 1200, 700),
 )
-COPIED = (("metrics", ("*.json", "*.csv")), ("results", ("*.json",)))
+# timings/: this run's wall times, in no versioned file of the pipeline (they are a measurement of the machine),
+# published here as what this run measured
+COPIED = (("metrics", ("*.json", "*.csv")), ("results", ("*.json",)), ("timings", ("*.json",)))
+DISCUSSION = "discussion.md"  # written by hand after reading the run; kept when the folder is published again
 
 
 def git(project: Path, *args: str) -> str:
@@ -88,7 +91,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def readme(name: str, preset: str, commit: str, dirty: list[str], wall_seconds: float | None, note: str,
            claims: list[report.Claim], tables: list[dict], warnings: list[str],
-           figures: list[tuple[str, str]]) -> str:
+           figures: list[tuple[str, str]], discussion: str = "") -> str:
     hours, rest = divmod(int(wall_seconds or 0), 3600)
     wall = f"{hours} h {rest // 60:02d} min ({wall_seconds:.0f} s)" if wall_seconds else "not measured"
     changed = (f" (working tree: only {', '.join(dirty)} changed, by applying the preset)" if dirty else "")
@@ -124,6 +127,8 @@ def readme(name: str, preset: str, commit: str, dirty: list[str], wall_seconds: 
         markdown_table(["claim", "the paper", "measured here", "verdict", "why"], [list(row) for row in claims]),
         "",
     ]
+    if discussion:
+        parts += ["## What is and is not reproduced, and why", "", discussion.strip(), ""]
     if warnings:
         parts += ["**Warnings**", ""] + [f"- {warning}" for warning in warnings] + [""]
     for table in tables:
@@ -138,8 +143,12 @@ def readme(name: str, preset: str, commit: str, dirty: list[str], wall_seconds: 
 
 def publish(project: Path, out: Path, preset: str, wall_seconds: float | None, note: str = "") -> Path:
     project, out = project.resolve(), out.resolve()
+    discussion = (out / DISCUSSION).read_text(encoding="utf-8") if (out / DISCUSSION).is_file() else ""
     if out.exists():
         shutil.rmtree(out)
+    if discussion:
+        out.mkdir(parents=True)
+        (out / DISCUSSION).write_text(discussion, encoding="utf-8")
     for folder, patterns in COPIED:
         for pattern in patterns:
             for path in sorted((project / folder).glob(pattern)):
@@ -154,7 +163,7 @@ def publish(project: Path, out: Path, preset: str, wall_seconds: float | None, n
     figures = render_figures(project, out)
     tables, warnings = report.training_state(project)
     text = readme(out.name, preset, commit, dirty, wall_seconds, note, report.claims(project), tables, warnings,
-                  figures)
+                  figures, discussion)
     (out / "README.md").write_text(text, encoding="utf-8")
     return out / "README.md"
 
