@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.sweep.layout import PROTOCOLS
 from tests.conftest import REPO_ROOT, write_fashion_mnist_like
 from tests.helpers_browser import Browser, network_urls
 from tests.helpers_project import stage_env
@@ -257,7 +258,8 @@ def test_every_run_has_params_and_data_and_logged_models_load(project):
                 return "train", project / "models/train/model.pt", params["train.model"]
             if tags.get("lossviz.role") == "trial":
                 size = int(tags["lossviz.batch_size"])
-                return "trial", project / f"models/batch_sweep/bs_{size:05d}/model.pt", params["model"]
+                models = PROTOCOLS[tags.get("lossviz.protocol", "fixed")].models_dir  # fixed or converged
+                return "trial", project / models / f"bs_{size:05d}" / "model.pt", params["model"]
             if "lottery.level" in tags:
                 level = f"level_{int(tags['lottery.level']):02d}"
                 path = project / "models/lottery" / tags["lottery.kind"] / level / "model.pt"
@@ -312,8 +314,9 @@ def test_dvc_plots_show_the_metrics_figures_and_render_offline(project, tmp_path
     results = {path.name: json.loads(path.read_text()) for path in (project / "results").glob("*.json")}
     fidelity = {int(r["n"]): float(r["pearson_ln_loss"]) for r in plot_rows(plots, "sample_size_fidelity")}
     assert fidelity == {int(n): row["pearson_ln_loss"] for n, row in results["sample_size.json"]["by_n"].items()}
-    accuracy = {int(r["batch_size"]): float(r["test_acc"]) for r in plot_rows(plots, "batch_size_accuracy")}
-    assert accuracy == {int(b): row["test_acc"] for b, row in results["batch_sweep.json"]["per_batch_size"].items()}
+    accuracy = {(int(r["batch_size"]), float(r["test_acc"])) for r in plot_rows(plots, "batch_size_accuracy")}
+    assert accuracy == {(int(b), row["test_acc"]) for name in ("batch_sweep.json", "batch_sweep_converged.json")
+                        for b, row in results[name]["per_batch_size"].items()}  # both protocols drawn
     lottery = plot_rows(plots, "lottery_accuracy")
     for kind in ("winning", "random"):
         levels = results["lottery.json"][kind]
@@ -349,7 +352,8 @@ def test_mlflow_server_serves_experiments_nested_runs_and_surface_pages(mlflow_s
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     children = [(r, t) for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" in t]
     parents = {r["info"]["run_id"] for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t}
-    assert len(children) == 2 and all(t["mlflow.parentRunId"] in parents for _, t in children)
+    assert len(children) == 4 and all(t["mlflow.parentRunId"] in parents for _, t in children)  # 2 sizes × 2 protocols
+    assert sorted(t["lossviz.protocol"] for _, t in children) == ["converged", "converged", "fixed", "fixed"]
     metrics = {m["key"]: m["value"] for m in children[0][0]["data"]["metrics"]}
     assert "batch_size" in metrics and "test_acc" in metrics
     pages = []
