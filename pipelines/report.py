@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lossviz.pages import write_gallery
 from pipelines.common import repo_root, stage_params
+from pipelines.sweep.layout import PROTOCOLS
 
 INDEX = Path("reports/index.html")
 METRICS = Path("results")  # the stages' full tables (metrics/ holds their headline numbers)
@@ -86,7 +87,8 @@ def sample_size_claims(metrics: dict) -> list[Claim]:
     return rows
 
 
-PROTOCOL_RESULTS = {"fixed": "batch_sweep", "converged": "batch_sweep_converged"}  # results/<name>.json
+# results/<name>.json of each protocol's batch-size study (named as pipelines.batch_landscapes.Outputs names them)
+PROTOCOL_RESULTS = {name: f"batch_sweep{protocol.suffix}" for name, protocol in PROTOCOLS.items()}
 
 
 def protocol_label(metrics: dict) -> str:
@@ -209,7 +211,7 @@ def training_state(root: Path) -> tuple[list[dict], list[str]]:
     tables, warnings = [], []
     for name, results in PROTOCOL_RESULTS.items():
         metrics = _load(root, results)
-        suffix = "" if name == "fixed" else f"_{name}"
+        suffix = PROTOCOLS[name].suffix
         more_tables, more_warnings = training_state_of(metrics.get("per_batch_size", {}), metrics,
                                                        f"batch_landscapes{suffix}")
         tables += more_tables
