@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 # Stages call `python` and `dvc`: make them the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test ui lint
+.PHONY: setup repro test ui lint exps
 
 # The package with the pipelines' and the tests' extras, at the exact versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,3 +37,11 @@ UI_PORT ?= 5000
 UI_STORE ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 ui: setup
 	bash scripts/mlflow-ui.sh $(VENV)/bin/mlflow --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
+
+# The experiments (`dvc exp run`) side by side: the params and headline metrics that differ between them, without
+# the dependencies' hashes (the columns named by a bare path, and user/: a metric or a param is named by a path only
+# with a colon and its own name after it) and their creation times.
+# `make exps ARGS=--no-pager` passes options on to `dvc exp show`.
+EXPS_DROP := ^(?!.*:)(.*/.*|user|Created)$$
+exps:
+	$(VENV)/bin/dvc exp show --only-changed --drop '$(EXPS_DROP)' $(ARGS)

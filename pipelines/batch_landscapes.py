@@ -229,18 +229,20 @@ def verdict_metrics(summary: dict[str, Any], section: BatchLandscapesParams, row
                         "n_examples": section.n_examples, "direction_seed": section.direction_seed}}
 
 
-HEADLINE_MEASURES = ("depth", "flatness", "hessian_top_eigenvalue", "hessian_trace")  # the rest: results/
+HEADLINE_MEASURES = ("depth", "flatness")  # the sharpness the surfaces show; the rest (Hessian too): results/
 
 
-def headline(full: dict[str, Any]) -> dict[str, Any]:
-    """metrics/batch_sweep.json, what `dvc exp show` compares: the best batch size, the main measures' Spearman
-    correlation with test error, how many of all the tests are significant after Holm's correction."""
+def headline(full: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """metrics/batch_sweep.json, what `dvc exp show` compares: the best batch size, the surfaces' sharpness
+    measures' Spearman correlation with test error, how many of all the tests are significant after Holm's
+    correction. A protocol other than the paper's nests them under its name, so that every column of
+    `dvc exp show` has a short name of its own (DVC prefixes names that two files share with the path)."""
     significant = full["verdict"]["significant_after_holm"]
-    return {"best_batch_size": full["best_batch_size_by_test_acc"],
-            "spearman_vs_test_error": {measure: targets["test_error"]["spearman"]
-                                       for measure, targets in full["correlations"].items()
-                                       if measure in HEADLINE_MEASURES},
-            "significant_after_holm": len(significant) if isinstance(significant, list) else significant}
+    numbers = {"best_batch_size": full["best_batch_size_by_test_acc"],
+               "spearman": {measure: targets["test_error"]["spearman"]
+                            for measure, targets in full["correlations"].items() if measure in HEADLINE_MEASURES},
+               "significant_after_holm": len(significant) if isinstance(significant, list) else significant}
+    return numbers if not protocol.suffix else {protocol.name: numbers}
 
 
 def write_outputs(root: Path, out: Outputs, work: Path, params: Params, summary: dict[str, Any],
@@ -260,7 +262,7 @@ def write_outputs(root: Path, out: Outputs, work: Path, params: Params, summary:
     pages, summary_pages = write_pages(report, summary, trials, surfaces, rows, result["table"])
     full = verdict_metrics(summary, params.batch_landscapes, rows, result)
     metrics_path = write_json(root / out.results, full)
-    write_json(root / out.metrics, headline(full))
+    write_json(root / out.metrics, headline(full, out.protocol))
     write_plot_table(root / out.plot, [{key: row[key] for key in PLOT_COLUMNS} for row in rows])
     return pages, summary_pages, metrics_path
 

@@ -264,15 +264,17 @@ def metrics_summary(params: Params, results: list[PairResult]) -> dict[str, Any]
 
 
 def headline(summary: dict[str, Any], rewind_epochs: list[int]) -> dict[str, Any]:
-    """metrics/lottery_stability.json, what `dvc exp show` compares: at the deepest level measured, each kind's
-    error barrier at each k (the full table: results/lottery_stability.json)."""
+    """metrics/lottery_stability.json, what `dvc exp show` compares: at the deepest level measured (its percent
+    of weights remaining beside them), each kind's error barrier at each k (the full table:
+    results/lottery_stability.json)."""
     kinds = [kind for kind in KINDS if kind in summary]
     deepest = max((level for kind in kinds for level in summary[kind]), default=None)
     if deepest is None:
         return {}
-    return {"deepest_remaining": summary[kinds[0]][deepest]["remaining"],
-            "error_barrier": {f"{kind}_k{k}": summary[kind][deepest][f"k_{k}"]["error_barrier"]
-                              for kind in kinds for k in rewind_epochs if f"k_{k}" in summary[kind].get(deepest, {})}}
+    return {"error_barrier": {"remaining": summary[kinds[0]][deepest]["remaining"],
+                              **{f"{kind}_k{k}": summary[kind][deepest][f"k_{k}"]["error_barrier"]
+                                 for kind in kinds for k in rewind_epochs
+                                 if f"k_{k}" in summary[kind].get(deepest, {})}}}
 
 
 def plot_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """DVC stage `train`: train the model named in params `train` on its prepared dataset with
 `lossviz.training.train`, log params, per-epoch metrics and the checkpoint to MLflow (experiment "train"),
-and write the DVC outputs `models/train/model.pt` (official `{"state_dict": ...}` layout) and
-`metrics/train.json`.
+and write the DVC outputs `models/train/model.pt` (official `{"state_dict": ...}` layout),
+`results/train.json` (the training summary) and `metrics/train.json` (its headline numbers).
 
 `train.model` is a registered model or the user's `package.module:factory` (with `train.model_kwargs`; its
 module in `user/`, a dep of this stage), `train.dataset` a prepared dataset or a user's (`pipelines.user_data`);
@@ -42,7 +42,9 @@ from pipelines.user_data import number_of_classes, user_split
 
 STAGE = "train"
 MODEL_PATH = Path("models/train/model.pt")
-METRICS_PATH = Path("metrics/train.json")
+METRICS_PATH = Path("metrics/train.json")  # the headline numbers (HEADLINE), what `dvc exp show` compares
+RESULTS_PATH = Path("results/train.json")  # the whole summary: model, dataset, best and stopping epochs, ...
+HEADLINE = ("final_test_acc", "final_test_loss", "final_train_loss", "stopped_epoch")
 PLOT_PATH = Path("metrics/train_history.csv")  # the training curve, one row per epoch
 
 
@@ -137,7 +139,8 @@ def main() -> int:
         model_path = save_model(model, root / MODEL_PATH, model=section.model, dataset=section.dataset,
                                 input_shape=list(splits.input_shape), num_classes=num_classes,
                                 epoch=result.final.epoch, acc=result.final.test_acc, **spec_record(params))
-        metrics_path = write_json(root / METRICS_PATH, summary)
+        metrics_path = write_json(root / RESULTS_PATH, summary)
+        write_json(root / METRICS_PATH, {key: summary[key] for key in HEADLINE})
         # without the epochs' wall times, which would change the git-tracked table on every rerun
         curve = [{"epoch": r.epoch, **{key: value for key, value in r.metrics().items() if key != "seconds"}}
                  for r in result.history]

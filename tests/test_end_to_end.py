@@ -180,12 +180,16 @@ def test_dvc_metrics_are_a_few_dozen_headline_numbers(project):
     tables are outputs, results/*.json)."""
     (workspace,) = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout).values()
 
-    def leaves(value) -> int:
-        return sum(leaves(item) for item in value.values()) if isinstance(value, dict) else 1
+    def leaves(value, prefix="") -> list[str]:
+        if not isinstance(value, dict):
+            return [prefix]
+        return [name for key, item in value.items() for name in leaves(item, f"{prefix}{key}.")]
 
-    columns = {path: leaves(entry["data"]) for path, entry in workspace["data"].items()}
-    assert sum(columns.values()) <= 48, columns
-    assert max(columns.values()) <= 14, columns
+    columns = {path: [name.rstrip(".") for name in leaves(entry["data"])] for path, entry in workspace["data"].items()}
+    counts = {path: len(names) for path, names in columns.items()}
+    assert sum(counts.values()) <= 32 and max(counts.values()) <= 5, counts
+    names = [name for path_names in columns.values() for name in path_names]
+    assert len(set(names)) == len(names), "a name two files share: DVC would prefix both columns with their paths"
     import optuna  # the sweep's objective is named (optuna-dashboard, the study's pages)
 
     journal = optuna.storages.journal.JournalFileBackend(str(project / "studies/batch_sweep/journal.log"))
@@ -283,6 +287,8 @@ def test_every_run_has_params_and_data_and_logged_models_load(project):
 
 
 def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
+    run(["git", "add", "-A"], project)  # the baseline: the pipeline's outputs committed
+    run(["git", "commit", "-qm", "outputs", "--allow-empty"], project)
     result = run([str(BIN / "dvc"), "exp", "run", "-n", "longer-train", "-S", "train.epochs=2"], project)
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"validate", "train", "sample_size", "report"}  # validate reruns on any param, alone
@@ -291,6 +297,19 @@ def test_exp_run_with_a_param_reruns_dependants_and_tags_mlflow(project):
     rows = sqlite3.connect(project / "mlruns" / "mlflow.db").execute(
         "select value from tags where key = 'dvc.exp'").fetchall()
     assert ("longer-train",) in rows
+
+    # Comparing it with the baseline fits a terminal: `make exps` (the params and headline metrics that differ,
+    # no dependency hashes) in 200 columns without a column folded away, and `dvc exp diff` (a row per number).
+    terminal = {**env(), "COLUMNS": "200"}
+    table = subprocess.run(["make", "-s", "-f", str(REPO_ROOT / "Makefile"), f"VENV={BIN.parent}", "exps"],
+                           cwd=project, env=terminal, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stdout + table.stderr
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 200 and "…" not in table.stdout, table.stdout
+    assert "longer-train" in table.stdout and "train.epochs" in table.stdout and "final_test_acc" in table.stdout
+    assert "models/train" not in table.stdout and "pipelines/" not in table.stdout  # no dependency columns
+    diff = run([str(BIN / "dvc"), "exp", "diff", "HEAD", "longer-train"], project).stdout
+    assert max(map(len, diff.splitlines())) <= 100 and "train.epochs" in diff and "final_test_acc" in diff, diff
 
 
 def plot_rows(plots: dict, plot_id: str) -> list[dict]:

@@ -40,11 +40,11 @@ def tree_digests(root: Path, *outputs: str) -> dict[str, str]:
                                                ("sample_size", "extent", float("inf"))])
 def test_a_rejected_param_leaves_every_output_byte_identical(tmp_path, section, key, bad):
     """`train` runs, then a bad value (in its own section, or in another stage's) goes into params.yaml:
-    `dvc repro` fails naming the key, and the model and both uncached metrics files are untouched."""
+    `dvc repro` fails naming the key, and the model, the results and the metrics files are untouched."""
     make_project(tmp_path, TINY_PARAMS, ("train",))
     env = stage_env()
     subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True, capture_output=True)
-    outputs = ("models/train", "metrics/train.json", "metrics/train_history.csv")
+    outputs = ("models/train", "results/train.json", "metrics/train.json", "metrics/train_history.csv")
     before = tree_digests(tmp_path, *outputs)
     assert len(before) >= 3
 

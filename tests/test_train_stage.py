@@ -57,13 +57,16 @@ def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
 
-    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert metrics["model"] == "lenet5" and 0 <= metrics["final_test_acc"] <= 1
-    assert 1 <= metrics["best_epoch"] <= EPOCHS and metrics["iterations"] == EPOCHS * 6  # 300 / 50
+    summary = json.loads((tmp_path / "results" / "train.json").read_text())
+    assert summary["model"] == "lenet5" and 0 <= summary["final_test_acc"] <= 1
+    assert 1 <= summary["best_epoch"] <= EPOCHS and summary["iterations"] == EPOCHS * 6  # 300 / 50
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())  # what `dvc exp show` compares
+    assert metrics == {key: summary[key] for key in ("final_test_acc", "final_test_loss", "final_train_loss",
+                                                     "stopped_epoch")}
     model = load_model_weights(build_model("lenet5", (1, 28, 28)), tmp_path / "models/train/model.pt")
     assert model.fc3.out_features == 10
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["train"]
-    assert {out["path"] for out in lock["outs"]} == {"models/train", "metrics/train.json",
+    assert {out["path"] for out in lock["outs"]} == {"models/train", "metrics/train.json", "results/train.json",
                                                     "metrics/train_history.csv"}
     assert not list((tmp_path / "tmp" / "resume").glob("*.pt"))  # the resume file goes once done
 
@@ -78,7 +81,7 @@ def test_dvc_repro_train_logs_every_epoch_to_mlflow(tmp_path):
         history = client.get_metric_history(run_id, name)
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), name
     test_acc = {m.step: m.value for m in client.get_metric_history(run_id, "test_acc")}
-    assert test_acc[metrics["best_epoch"]] == pytest.approx(metrics["final_test_acc"])
+    assert test_acc[summary["best_epoch"]] == pytest.approx(summary["final_test_acc"])
     logged = runs[0].data
     assert logged.params["train.model"] == "lenet5" and logged.params["seed"] == "3"
     assert logged.metrics["batch_size"] == 50 and logged.tags["dvc.stage"] == "train"

@@ -63,9 +63,9 @@ def test_dvc_repro_trains_and_measures_the_user_s_model_on_the_user_s_npz(tmp_pa
     run = dvc(tmp_path, "repro", "train", "sample_size")
     assert run.returncode == 0, run.stdout + run.stderr
 
-    metrics = yaml.safe_load((tmp_path / "metrics" / "train.json").read_text())
+    summary = yaml.safe_load((tmp_path / "results" / "train.json").read_text())
     # val_size 50 carved out of 300, then max_train_examples 200: 4 steps of 50 in the one epoch
-    assert metrics["model"] == SPEC and metrics["dataset"] == NPZ and metrics["iterations"] == 4
+    assert summary["model"] == SPEC and summary["dataset"] == NPZ and summary["iterations"] == 4
     record = load_checkpoint(tmp_path / "models" / "train" / "model.pt")
     assert (record["model"], record["model_kwargs"], record["dataset"]) == (SPEC, {"width": 16}, NPZ)
     assert record["input_shape"] == [1, SIDE, SIDE] and record["num_classes"] == CLASSES
