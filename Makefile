@@ -1,6 +1,8 @@
 # The two commands: `make repro` (the main job: dvc repro on params.yaml) and `make test` (the suite).
 # Both set everything up on a fresh clone: .venv, the package, the dataset, the browser for tests.
 SHELL := /bin/bash
+# This Makefile's folder, for its scripts when it runs elsewhere (make -f)
+HERE := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -33,10 +35,13 @@ lint: setup
 	$(VENV)/bin/ruff check lossviz pipelines tests benchmarks
 
 # The MLflow UI on http://127.0.0.1:$(UI_PORT); Ctrl-C or SIGTERM stops all of its processes (scripts/mlflow-ui.sh).
+# The checkout's own store is first pointed at this checkout, as a stage would after a `cp -a` or `mv`.
 UI_PORT ?= 5000
-UI_STORE ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+CHECKOUT_STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
+UI_STORE ?= $(CHECKOUT_STORE)
 ui: setup
-	bash scripts/mlflow-ui.sh $(VENV)/bin/mlflow --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
+	$(if $(filter $(CHECKOUT_STORE),$(UI_STORE)),$(PY) $(HERE)/scripts/relocate_store.py $(CURDIR))
+	bash $(HERE)/scripts/mlflow-ui.sh $(VENV)/bin/mlflow --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 # The experiments (`dvc exp run`) side by side: the params and headline metrics that differ between them, without
 # the dependencies' hashes (the columns named by a bare path, and user/: a metric or a param is named by a path only

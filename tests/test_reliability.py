@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -281,17 +282,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_make_ui_stops_every_process_on_sigterm(tmp_path):
-    """`make ui` serves the UI (HTTP 200), and a SIGTERM to make leaves none of its processes (the server's
-    workers included) running."""
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _make_ui(checkout: Path, *make_args: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`make ui ...` run in `checkout`, once it answers HTTP 200; afterwards none of its processes is left."""
     from tests.helpers_servers import free_port
 
     port = free_port()
-    make = subprocess.Popen(["make", "-o", "setup", "ui", f"UI_PORT={port}", f"UI_STORE=sqlite:///{tmp_path}/ui.db"],
-                            cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    processes: set[int] = set()
+    make = subprocess.Popen(["make", "-o", "setup", *make_args, "ui", f"UI_PORT={port}"], cwd=checkout,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -301,6 +302,21 @@ def test_make_ui_stops_every_process_on_sigterm(tmp_path):
                         break
             assert make.poll() is None and time.monotonic() < deadline, "make ui did not serve the UI"
             time.sleep(0.5)
+        yield make, port
+    finally:
+        for pid in _descendants(make.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            make.kill()
+        make.wait()
+
+
+@pytest.mark.slow
+def test_make_ui_stops_every_process_on_sigterm(tmp_path):
+    """`make ui` serves the UI (HTTP 200), and a SIGTERM to make leaves none of its processes (the server's
+    workers included) running."""
+    with _make_ui(REPO, f"UI_STORE=sqlite:///{tmp_path}/ui.db") as (make, _):
         time.sleep(1)  # workers that start after the first answer
         processes = _descendants(make.pid)
         assert len(processes) >= 3  # the script, mlflow, its server and workers
@@ -312,10 +328,34 @@ def test_make_ui_stops_every_process_on_sigterm(tmp_path):
         survivors = {pid: Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:120]
                      for pid in processes if _alive(pid)}
         assert not survivors
+
+
+@pytest.mark.slow
+def test_make_ui_in_a_moved_checkout_serves_its_artifacts(tmp_path, monkeypatch):
+    """Issue 17: after a `mv` of the checkout, `make ui` run before any stage serves the runs' artifacts from
+    the new place (the store is first pointed at it, as a stage would), not from the vanished old one."""
+    import mlflow
+
+    from pipelines import tracking
+
+    old = tmp_path / "old"
+    old.mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(old))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        with tracking.stage_run("demo", "kept", stage="demo") as run:
+            mlflow.log_text("kept", "note.txt")
     finally:
-        for pid in processes | _descendants(make.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            make.kill()
-        make.wait()
+        mlflow.set_tracking_uri(None)
+    moved = tmp_path / "moved"
+    old.rename(moved)  # nothing is left at the old path
+    run_id = run.info.run_id
+    with _make_ui(moved, "-f", str(REPO / "Makefile"), f"VENV={REPO / '.venv'}") as (_, port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}",
+                                    timeout=30) as response:
+            listing = json.load(response)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
+                                    "?experiment_name=demo", timeout=30) as response:
+            experiment = json.load(response)["experiment"]
+    assert [entry["path"] for entry in listing.get("files", [])] == ["note.txt"]
+    assert experiment["artifact_location"] == (moved / "mlruns" / "artifacts" / "demo").as_uri()
