@@ -286,8 +286,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def _make_ui(checkout: Path, *make_args: str) -> Iterator[tuple[subprocess.Popen, int]]:
-    """`make ui ...` run in `checkout`, once it answers HTTP 200; afterwards none of its processes is left."""
+def _make_ui(checkout: Path, *make_args: str) -> Iterator[tuple[subprocess.Popen, int, set[int]]]:
+    """`make ui ...` run in `checkout`, once it answers HTTP 200; afterwards none of its processes is left, those
+    in the yielded set included (make's descendants no longer once make has exited)."""
     from tests.helpers_servers import free_port
 
     port = free_port()
@@ -302,9 +303,10 @@ def _make_ui(checkout: Path, *make_args: str) -> Iterator[tuple[subprocess.Popen
                         break
             assert make.poll() is None and time.monotonic() < deadline, "make ui did not serve the UI"
             time.sleep(0.5)
-        yield make, port
+        processes = _descendants(make.pid)
+        yield make, port, processes
     finally:
-        for pid in _descendants(make.pid):
+        for pid in processes | _descendants(make.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -316,9 +318,9 @@ def _make_ui(checkout: Path, *make_args: str) -> Iterator[tuple[subprocess.Popen
 def test_make_ui_stops_every_process_on_sigterm(tmp_path):
     """`make ui` serves the UI (HTTP 200), and a SIGTERM to make leaves none of its processes (the server's
     workers included) running."""
-    with _make_ui(REPO, f"UI_STORE=sqlite:///{tmp_path}/ui.db") as (make, _):
+    with _make_ui(REPO, f"UI_STORE=sqlite:///{tmp_path}/ui.db") as (make, _, processes):
         time.sleep(1)  # workers that start after the first answer
-        processes = _descendants(make.pid)
+        processes |= _descendants(make.pid)
         assert len(processes) >= 3  # the script, mlflow, its server and workers
         make.send_signal(signal.SIGTERM)
         make.wait(timeout=60)
@@ -350,7 +352,7 @@ def test_make_ui_in_a_moved_checkout_serves_its_artifacts(tmp_path, monkeypatch)
     moved = tmp_path / "moved"
     old.rename(moved)  # nothing is left at the old path
     run_id = run.info.run_id
-    with _make_ui(moved, "-f", str(REPO / "Makefile"), f"VENV={REPO / '.venv'}") as (_, port):
+    with _make_ui(moved, "-f", str(REPO / "Makefile"), f"VENV={REPO / '.venv'}") as (_, port, _):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}",
                                     timeout=30) as response:
             listing = json.load(response)
